@@ -1,0 +1,58 @@
+"""Test-session setup shared by tests/ and by `pytest --nbval-lax notebooks/`.
+
+Everything a library would write under the home folder goes to build/test-home instead, every hub is offline,
+and a network guard (tests/netguard) fails any test whose code — or whose notebook kernel — reaches past loopback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent
+HOME = Path(os.environ.get("COURSE_TEST_HOME", ROOT / "build" / "test-home"))
+GUARD_DIR = ROOT / "tests" / "netguard"
+
+_ENV = {
+    "HF_HOME": HOME / "hf",
+    "MPLCONFIGDIR": HOME / "matplotlib",
+    "YOLO_CONFIG_DIR": HOME / "yolo",
+    "XDG_CACHE_HOME": HOME / "cache",
+    "XDG_CONFIG_HOME": HOME / "config",
+    "XDG_DATA_HOME": HOME / "data",
+    "JUPYTER_CONFIG_DIR": HOME / "jupyter" / "config",
+    "JUPYTER_DATA_DIR": HOME / "jupyter" / "data",
+    "JUPYTER_RUNTIME_DIR": HOME / "jupyter" / "runtime",
+    "IPYTHONDIR": HOME / "ipython",
+    "TORCH_HOME": HOME / "torch",
+}
+for key, path in _ENV.items():
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ[key] = str(path)
+os.environ.update({
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+    "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "DO_NOT_TRACK": "1", "MPLBACKEND": "Agg",
+    "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "COURSE_NETGUARD": "1", "COURSE_NETGUARD_LOG": str(HOME / "netguard.log"),
+})
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(GUARD_DIR))
+import sitecustomize as _netguard  # noqa: E402  (tests/netguard/sitecustomize.py)
+
+_netguard.install()
+
+
+@pytest.fixture(autouse=True)
+def _no_network_attempts():
+    """Fail the test that tried to reach the network (in this process or in a notebook kernel), naming the host."""
+    log = Path(os.environ["COURSE_NETGUARD_LOG"])
+    before = log.read_text().splitlines() if log.exists() else []
+    yield
+    after = log.read_text().splitlines() if log.exists() else []
+    new = after[len(before):]
+    if new:
+        hosts = sorted({line.split(" ")[0] for line in new})
+        pytest.fail(f"network access attempted (the course must run offline): {', '.join(hosts)}")

@@ -1,0 +1,308 @@
+"""A VRAM estimator: will this model, at this precision, sequence length and batch, fit the card?
+
+The numbers are GiB (1024**3 bytes), the unit PyTorch's allocator and ``nvidia-smi`` report. The estimate targets
+PyTorch's *peak reserved* memory; the CUDA context (~0.3-0.6 GiB, outside PyTorch) is part of ``overhead_gb``.
+
+Rules of thumb behind the formulas (each a line in :func:`estimate_training_vram`):
+
+* weights: params x bits / 8. 4-bit NF4 with double quantisation costs ~4.13 bits a parameter; embeddings and the
+  LM head stay in 16-bit (bitsandbytes quantises only the linear layers inside the blocks).
+* KV cache: 2 (K and V) x layers x KV heads x head_dim x sequence x batch x 2 bytes.
+* training: trainable params pay weights + gradients + optimizer state (AdamW: 8 bytes, 8-bit AdamW: 2, SGD with
+  momentum: 4); frozen params pay only their weights.
+* activations: without checkpointing every layer keeps its intermediates for the backward pass; with
+  checkpointing only each layer's input is kept, and one layer is recomputed at a time.
+* logits: batch x sequence x vocab in fp32, a few copies (logits, log-softmax, gradient).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+GIB = 1024**3
+REFERENCE_CARD_GB = 12.0  # RTX 4070 Ti: the card the course is written for
+CUDA_CONTEXT_GB = 0.5
+
+Bits = Literal[4, 8, 16, 32]
+Method = Literal["full", "lora", "qlora"]
+Optimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "sgd", "sgd_momentum", "adafactor"]
+
+OPTIMIZER_BYTES: dict[str, float] = {
+    "adamw": 8.0,  # two fp32 moments
+    "adamw_8bit": 2.0,
+    "paged_adamw_8bit": 2.0,
+    "sgd": 0.0,
+    "sgd_momentum": 4.0,
+    "adafactor": 0.1,  # factored second moment: a few bytes per row/column
+}
+
+
+def bytes_per_param(bits: int) -> float:
+    """Storage per weight; 4-bit includes NF4 block constants with double quantisation (~0.13 bit)."""
+    if bits == 4:
+        return 4.127 / 8
+    if bits == 8:
+        return 1.0 + 4 / 4096  # LLM.int8(): int8 + one fp32 scale per row
+    return bits / 8
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the estimator needs to know about a model.
+
+    For transformers, give the config dimensions (``from_hf_config``); for anything else give ``n_params`` and,
+    if you know it, ``activation_gb_per_sample`` (e.g. measured once at a small batch).
+    """
+
+    name: str
+    n_params: float
+    n_layers: int = 0
+    hidden_size: int = 0
+    intermediate_size: int = 0
+    n_heads: int = 0
+    n_kv_heads: int = 0
+    head_dim: int = 0
+    vocab_size: int = 0
+    embedding_params: float = 0.0  # embeddings + untied LM head: never quantised
+    activation_gb_per_sample: float = 0.0  # for non-transformer models
+    notes: str = ""
+
+    @property
+    def is_transformer(self) -> bool:
+        return self.n_layers > 0 and self.hidden_size > 0
+
+    @property
+    def linear_params(self) -> float:
+        return self.n_params - self.embedding_params
+
+    def lora_params(self, rank: int, targets: str = "all-linear") -> float:
+        """Trainable parameters of LoRA with ``rank`` on the attention projections or on every linear layer."""
+        if not self.is_transformer:
+            return 0.0
+        h, kv = self.hidden_size, self.n_kv_heads * self.head_dim
+        attn = (h + self.n_heads * self.head_dim) * 2 + (h + kv) * 2  # q, o, k, v: r x (in + out) each
+        mlp = 3 * (h + self.intermediate_size)
+        per_layer = attn + (mlp if targets == "all-linear" else 0)
+        return float(rank * per_layer * self.n_layers)
+
+    @classmethod
+    def from_hf_config(cls, config: Any, name: str | None = None) -> ModelShape:
+        """Build from a ``transformers`` config object or its dict (e.g. a hub ``config.json``)."""
+        get = config.get if isinstance(config, dict) else (lambda key, default=None: getattr(config, key, default))
+        if get("text_config") is not None:  # vision-language models: size the language model
+            text = get("text_config")
+            shape = cls.from_hf_config(text, name)
+            vision = get("vision_config")
+            return shape if vision is None else _with_extra(shape, _vision_params(vision))
+        h = int(get("hidden_size") or get("d_model") or get("n_embd"))
+        layers = int(get("num_hidden_layers") or get("n_layer") or get("num_layers"))
+        heads = int(get("num_attention_heads") or get("n_head"))
+        kv_heads = int(get("num_key_value_heads") or heads)
+        head_dim = int(get("head_dim") or h // heads)
+        inter = int(get("intermediate_size") or get("n_inner") or 4 * h)
+        vocab = int(get("vocab_size"))
+        tied = bool(get("tie_word_embeddings", False))
+        gated = (get("hidden_act") or get("activation_function") or "silu") in ("silu", "swiglu")
+        attn = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2
+        mlp = (3 if gated else 2) * h * inter
+        per_layer = attn + mlp + 2 * h
+        emb = vocab * h * (1 if tied else 2)
+        total = per_layer * layers + emb + h
+        return cls(
+            name=name or str(get("_name_or_path") or get("model_type") or "model"),
+            n_params=float(total), n_layers=layers, hidden_size=h, intermediate_size=inter,
+            n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, embedding_params=float(emb),
+        )
+
+    @classmethod
+    def from_params(cls, n_params: float, name: str = "model", activation_gb_per_sample: float = 0.0) -> ModelShape:
+        return cls(name=name, n_params=float(n_params), activation_gb_per_sample=activation_gb_per_sample)
+
+
+def _vision_params(vision: Any) -> float:
+    get = vision.get if isinstance(vision, dict) else (lambda key, default=None: getattr(vision, key, default))
+    h, layers, inter = int(get("hidden_size")), int(get("num_hidden_layers")), int(get("intermediate_size"))
+    return float(layers * (4 * h * h + 2 * h * inter))
+
+
+def _with_extra(shape: ModelShape, extra_params: float) -> ModelShape:
+    from dataclasses import replace
+
+    # the vision tower is not quantised by bitsandbytes in the LLaVA recipe: count it with the embeddings
+    return replace(shape, n_params=shape.n_params + extra_params, embedding_params=shape.embedding_params + extra_params)
+
+
+@dataclass
+class VRAMEstimate:
+    """A breakdown in GiB; ``total_gb`` is what to compare with the card."""
+
+    parts: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def total_gb(self) -> float:
+        return sum(self.parts.values())
+
+    def __str__(self) -> str:
+        lines = [f"  {k:<22}{v:7.2f} GiB" for k, v in self.parts.items() if v > 0.005]
+        lines.append(f"  {'total':<22}{self.total_gb:7.2f} GiB")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def weights_gb(shape: ModelShape, bits: int) -> float:
+    """Weights at ``bits`` (4/8 quantise the linear layers only; embeddings stay 16-bit)."""
+    if bits in (4, 8):
+        return (shape.linear_params * bytes_per_param(bits) + shape.embedding_params * 2) / GIB
+    return shape.n_params * bytes_per_param(bits) / GIB
+
+
+def kv_cache_gb(shape: ModelShape, seq_len: int, batch_size: int = 1, bytes_per_value: int = 2) -> float:
+    if not shape.is_transformer:
+        return 0.0
+    return 2 * shape.n_layers * shape.n_kv_heads * shape.head_dim * seq_len * batch_size * bytes_per_value / GIB
+
+
+def estimate_inference_vram(
+    shape: ModelShape, bits: int = 16, seq_len: int = 2048, batch_size: int = 1, overhead_gb: float = CUDA_CONTEXT_GB
+) -> VRAMEstimate:
+    """Weights + KV cache + activations of one forward pass over the prompt + runtime overhead."""
+    est = VRAMEstimate()
+    est.parts["weights"] = weights_gb(shape, bits)
+    est.parts["kv cache"] = kv_cache_gb(shape, seq_len, batch_size)
+    if shape.is_transformer:
+        # prefill: a few hidden-sized buffers plus the MLP's intermediate, per token, for one layer at a time
+        act = batch_size * seq_len * (4 * shape.hidden_size + 2 * shape.intermediate_size) * 2
+        est.parts["activations"] = act / GIB
+    else:
+        est.parts["activations"] = shape.activation_gb_per_sample * batch_size
+    if bits == 4:
+        # bitsandbytes dequantises one weight matrix at a time into 16-bit
+        largest = max(shape.hidden_size * shape.intermediate_size, shape.hidden_size**2) * 2
+        est.parts["dequant buffer"] = largest / GIB
+    est.parts["overhead"] = overhead_gb
+    return est
+
+
+def estimate_training_vram(
+    shape: ModelShape,
+    method: Method = "qlora",
+    seq_len: int = 2048,
+    batch_size: int = 1,
+    gradient_checkpointing: bool = True,
+    optimizer: Optimizer = "paged_adamw_8bit",
+    lora_rank: int = 16,
+    lora_targets: str = "all-linear",
+    weight_bits: int | None = None,
+    overhead_gb: float = CUDA_CONTEXT_GB,
+) -> VRAMEstimate:
+    """Estimate peak training memory for full fine-tuning, LoRA (16-bit base) or QLoRA (4-bit base).
+
+    Full fine-tuning assumes mixed precision with fp32 master weights (4 + 4 bytes of weight and gradient a
+    parameter) unless ``weight_bits`` says otherwise.
+    """
+    est = VRAMEstimate()
+    opt = OPTIMIZER_BYTES[optimizer]
+    if method == "full":
+        wbytes = bytes_per_param(weight_bits or 32)
+        est.parts["weights"] = shape.n_params * wbytes / GIB
+        est.parts["gradients"] = shape.n_params * wbytes / GIB
+        est.parts["optimizer state"] = shape.n_params * opt / GIB
+    else:
+        base_bits = weight_bits or (4 if method == "qlora" else 16)
+        est.parts["weights (frozen)"] = weights_gb(shape, base_bits)
+        trainable = shape.lora_params(lora_rank, lora_targets)
+        est.parts["LoRA weights+grads"] = trainable * 8 / GIB  # fp32 adapter weights and gradients
+        est.parts["optimizer state"] = trainable * opt / GIB
+        if not shape.is_transformer:
+            est.notes.append("LoRA size needs transformer dimensions; only the frozen weights were counted")
+    est.parts["activations"] = _training_activations_gb(shape, seq_len, batch_size, gradient_checkpointing)
+    if shape.is_transformer and shape.vocab_size:
+        # fp32 logits, their log-softmax and their gradient for every token in the batch
+        est.parts["logits"] = batch_size * seq_len * shape.vocab_size * 4 * 2 / GIB
+    if method == "qlora":
+        largest = max(shape.hidden_size * shape.intermediate_size, shape.hidden_size**2) * 2
+        est.parts["dequant buffer"] = 2 * largest / GIB
+    est.parts["overhead"] = overhead_gb
+    return est
+
+
+def _training_activations_gb(shape: ModelShape, seq_len: int, batch_size: int, checkpointing: bool) -> float:
+    if not shape.is_transformer:
+        factor = 1.0 if checkpointing else 1.0
+        return shape.activation_gb_per_sample * batch_size * factor
+    tokens = seq_len * batch_size
+    h, i = shape.hidden_size, shape.intermediate_size
+    # one layer's saved tensors in 16-bit with SDPA (no seq x seq matrix): norms, q/k/v/o, MLP in/out, SwiGLU
+    per_layer = tokens * (10 * h + 4 * i) * 2
+    if checkpointing:
+        return (shape.n_layers * tokens * h * 2 + per_layer) / GIB
+    return shape.n_layers * per_layer / GIB
+
+
+@dataclass(frozen=True)
+class FitVerdict:
+    fits: bool
+    needed_gb: float
+    card_gb: float
+    margin_gb: float
+
+    def __bool__(self) -> bool:
+        return self.fits
+
+    def __str__(self) -> str:
+        word = "fits" if self.fits else "does NOT fit"
+        return f"{word}: needs ~{self.needed_gb:.1f} GiB of {self.card_gb:.1f} GiB (keeping {self.margin_gb:.1f} GiB spare)"
+
+
+def fits_card(estimate: VRAMEstimate | float, card_gb: float = REFERENCE_CARD_GB, margin_gb: float = 1.0) -> FitVerdict:
+    """Does the plan fit a card, keeping ``margin_gb`` for the desktop and fragmentation?"""
+    needed = estimate.total_gb if isinstance(estimate, VRAMEstimate) else float(estimate)
+    return FitVerdict(needed + margin_gb <= card_gb, needed, card_gb, margin_gb)
+
+
+# Shapes written down from the models' published config.json files (no download needed).
+LLAMA_3_1_8B = ModelShape.from_hf_config(
+    dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
+         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, hidden_act="silu"),
+    name="Llama-3.1-8B",
+)
+QWEN2_5_7B = ModelShape.from_hf_config(
+    dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
+         intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False, hidden_act="silu"),
+    name="Qwen2.5-7B",
+)
+LLAVA_1_5_7B = ModelShape.from_hf_config(
+    dict(text_config=dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
+                          intermediate_size=11008, vocab_size=32064, hidden_act="silu"),
+         vision_config=dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096)),
+    name="LLaVA-1.5-7B",
+)
+
+#: Models the course uses, for "will it fit" tables. Non-transformer activation sizes are per image at the
+#: lesson's resolution in 16-bit and are rough; the bench (``make bench``) measures the real ones.
+MODEL_CATALOG: dict[str, ModelShape] = {
+    "Llama-3.1-8B": LLAMA_3_1_8B,
+    "Qwen2.5-7B": QWEN2_5_7B,
+    "LLaVA-1.5-7B": LLAVA_1_5_7B,
+    "SD 1.5 (512 px)": ModelShape.from_params(1.07e9, "SD 1.5 (512 px)", activation_gb_per_sample=1.2),
+    "SDXL (1024 px)": ModelShape.from_params(3.5e9, "SDXL (1024 px)", activation_gb_per_sample=3.0),
+    "YOLOv8n (640 px)": ModelShape.from_params(3.2e6, "YOLOv8n (640 px)", activation_gb_per_sample=0.15),
+    "whisper-tiny": ModelShape.from_params(39e6, "whisper-tiny", activation_gb_per_sample=0.05),
+    "whisper-small": ModelShape.from_params(244e6, "whisper-small", activation_gb_per_sample=0.25),
+    "whisper-medium": ModelShape.from_params(769e6, "whisper-medium", activation_gb_per_sample=0.5),
+    "whisper-large-v3": ModelShape.from_params(1550e6, "whisper-large-v3", activation_gb_per_sample=0.8),
+    "whisper-large-v3-turbo": ModelShape.from_params(809e6, "whisper-large-v3-turbo", activation_gb_per_sample=0.6),
+}
+
+
+def params_human(n: float) -> str:
+    for unit, size in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= size:
+            return f"{n / size:.{1 if n / size < 100 else 0}f}{unit}"
+    return str(int(n))
+
+
+def round_up(x: float, step: float = 0.5) -> float:
+    return math.ceil(x / step) * step

@@ -1,0 +1,81 @@
+"""Out-of-memory: find the largest batch that fits, and turn a CUDA OOM into advice in the course's order."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+from course_utils.errors import CourseError
+
+#: What to try, in order, when a step runs out of memory (the seeds' order).
+OOM_ADVICE = (
+    "use shorter sequences / smaller images (MAX_SEQ_LEN, IMAGE_SIZE)",
+    "load the model in 4-bit (LOAD_IN_4BIT = True)",
+    "turn on gradient checkpointing (GRADIENT_CHECKPOINTING = True)",
+    "halve the micro-batch and double gradient accumulation (BATCH_SIZE, GRAD_ACCUM) — the effective batch stays the same",
+)
+
+
+class OutOfMemory(CourseError):
+    """A step ran out of GPU memory; the message lists what to turn, in order."""
+
+    kind = "out of memory"
+
+
+def is_oom_error(err: BaseException) -> bool:
+    """True for torch.OutOfMemoryError and the RuntimeErrors that older code paths raise for OOM."""
+    name = type(err).__name__
+    return name == "OutOfMemoryError" or (isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def oom_advice(what: str = "this step") -> str:
+    steps = "; ".join(f"{i}) {a}" for i, a in enumerate(OOM_ADVICE, 1))
+    return f"{what} ran out of GPU memory. Try, in this order: {steps}. Then restart the kernel to free the card."
+
+
+def _release() -> None:
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def explain_oom(what: str = "this step") -> Iterator[None]:
+    """Wrap a memory-hungry block: an OOM inside becomes one :class:`OutOfMemory` sentence with advice."""
+    try:
+        yield
+    except BaseException as err:
+        if not is_oom_error(err):
+            raise
+        _release()
+        raise OutOfMemory(oom_advice(what)) from None
+
+
+def find_max_batch_size(step: Callable[[int], object], start: int = 512, minimum: int = 1, verbose: bool = True) -> int:
+    """Largest batch size in ``start, start/2, start/4, ...`` for which ``step(batch_size)`` runs without OOM.
+
+    ``step`` should run one full training step (forward, backward, optimizer) at that batch size. Memory is
+    released between tries. Raises :class:`OutOfMemory` if even ``minimum`` does not fit.
+    """
+    batch = start
+    while batch >= minimum:
+        try:
+            step(batch)
+        except BaseException as err:
+            if not is_oom_error(err):
+                raise
+            del err
+            _release()
+            if verbose:
+                print(f"batch {batch}: out of memory, halving")
+            batch //= 2
+            continue
+        _release()
+        if verbose:
+            print(f"batch {batch}: fits")
+        return batch
+    raise OutOfMemory(oom_advice(f"even batch size {minimum}"))
