@@ -10,6 +10,7 @@ Lessons use the names below directly::
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 __version__ = "0.1.0"
@@ -41,6 +42,7 @@ _EXPORTS = {
     "is_oom_error": "oom",
     "set_seed": "repro",
     "environment_snapshot": "repro",
+    "check_pins": "repro",
     "record": "metrics",
     "recorded": "metrics",
     "data_dir": "paths",
@@ -57,6 +59,8 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
+        if not name.startswith("_") and importlib.util.find_spec(f"course_utils.{name}") is not None:
+            return importlib.import_module(f"course_utils.{name}")  # a submodule: cu.memory, cu.oom, ...
         raise AttributeError(f"module 'course_utils' has no attribute {name!r}")
     value = getattr(importlib.import_module(f"course_utils.{module}"), name)
     globals()[name] = value

@@ -79,3 +79,30 @@ def environment_snapshot() -> dict[str, object]:
     except ImportError:
         snap["gpu"] = "unknown (torch not installed)"
     return snap
+
+
+def pinned_requirements(path: str | None = None) -> dict[str, str]:
+    """The ``name==version`` pins of requirements.txt (the course's one list of packages)."""
+    from course_utils.paths import REPO_ROOT
+
+    pins = {}
+    for line in open(path or REPO_ROOT / "requirements.txt"):
+        line = line.split("#", 1)[0].strip()
+        if "==" in line:
+            name, version = line.split("==", 1)
+            pins[name.strip().lower()] = version.strip()
+    return pins
+
+
+def check_pins(path: str | None = None) -> list[str]:
+    """Packages whose installed version differs from the pin (empty list: the environment is the course's)."""
+    problems = []
+    for name, wanted in pinned_requirements(path).items():
+        try:
+            have = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            problems.append(f"{name}: not installed (want {wanted})")
+            continue
+        if have.split("+", 1)[0] != wanted:
+            problems.append(f"{name}: {have} installed, course pins {wanted}")
+    return problems

@@ -1,0 +1,213 @@
+"""A small GPT you can hold in your head: the model of lesson 04, in plain PyTorch.
+
+Decoder-only transformer in the nanoGPT mould: token embedding -> N x [LayerNorm -> causal self-attention -> residual,
+LayerNorm -> MLP -> residual] -> LayerNorm -> linear head tied to the embedding. Positions come from rotary
+embeddings (RoPE, the default) or from ALiBi's distance penalty; attention runs through
+``torch.nn.functional.scaled_dot_product_attention`` (SDPA); a KV cache makes generation one token per step.
+
+Read it top to bottom; the lesson shows each piece next to a short explanation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from course_utils.errors import BadParameter
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = False  # biases in Linear/LayerNorm: no gain at this size, a little slower
+    position: str = "rope"  # "rope" (rotary embeddings) or "alibi" (linear distance penalty)
+
+    def __post_init__(self) -> None:
+        if self.position not in ("rope", "alibi"):
+            raise BadParameter(f"position must be 'rope' or 'alibi', not {self.position!r}.")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise BadParameter(f"n_embd ({self.n_embd}) must split into {self.n_head} heads of an even size.")
+
+
+# --- positions -------------------------------------------------------------------------------------------------
+
+def rope_tables(head_dim: int, max_len: int, base: float = 10000.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angle for every position (rows) and channel pair (columns)."""
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # fast ... slow rotations
+    angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, head_dim/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair (x1[i], x2[i]) of x (B, H, T, head_dim) by its position's angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).type_as(x)
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """One slope per head, a geometric sequence 2^(-8/n), 2^(-16/n), ...: some heads look far, some near."""
+    return torch.tensor([2 ** (-8 * (h + 1) / n_head) for h in range(n_head)])
+
+
+# --- the blocks ------------------------------------------------------------------------------------------------
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # queries, keys, values at once
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, rope, cache=None, layer=0):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        # (B, T, C) -> (B, n_head, T, head_dim): each head attends on its own slice of the channels
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # prepend the keys/values of every earlier token
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, rope, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer)  # tokens talk to each other
+        return x + self.mlp(self.ln_2(x))  # each token thinks on its own
+
+
+# --- the KV cache ----------------------------------------------------------------------------------------------
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so a new token need not recompute them."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.max_len, self.pos = config.block_size, 0  # pos: tokens already cached
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.n_layer = config.n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        if self.k is None:  # allocate once, for the whole context, in the dtype the model computes in
+            self.k = k.new_zeros(self.n_layer, B, H, self.max_len, D)
+            self.v = torch.zeros_like(self.k)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+# --- the model -------------------------------------------------------------------------------------------------
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one matrix reads and writes tokens
+        cos, sin = rope_tables(config.n_embd // config.n_head, config.block_size)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections down by depth
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+
+    def attention_mask(self, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor | None:
+        """What each query may see. None means "plain causal" (SDPA's built-in mask, the fastest kernels)."""
+        allowed = k_pos[None, :] <= q_pos[:, None]  # (Tq, Tk): True on and below the diagonal
+        if self.config.position == "alibi":  # additive: -slope x distance, -inf for the future
+            distance = (q_pos[:, None] - k_pos[None, :]).float()
+            return (-self.alibi_slopes[:, None, None] * distance).masked_fill(~allowed, float("-inf"))
+        return None if len(q_pos) == len(k_pos) else allowed
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0  # position of idx[:, 0] in the text
+        if start + T > self.config.block_size:
+            raise BadParameter(f"{start + T} tokens exceed the context of {self.config.block_size}; crop the input.")
+        q_pos = torch.arange(start, start + T, device=idx.device)
+        mask = self.attention_mask(q_pos, torch.arange(start + T, device=idx.device))
+        rope = (self.rope_cos[q_pos], self.rope_sin[q_pos]) if self.config.position == "rope" else None
+        x = self.drop(self.tok_emb(idx))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, rope, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T). ``temperature=0`` picks the likeliest."""
+        cache = None
+        for _ in range(max_new_tokens):
+            if use_cache and cache is not None and cache.pos < self.config.block_size:
+                logits, _ = self(idx[:, -1:], cache=cache)  # only the newest token; the past is cached
+            else:  # first step, no cache, or a full context: (re)compute the last block_size tokens
+                cache = KVCache(self.config) if use_cache else None
+                logits, _ = self(idx[:, -self.config.block_size:], cache=cache)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:  # keep the k likeliest tokens, drop the long tail
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
