@@ -35,7 +35,7 @@ for key, path in _ENV.items():
 os.environ.update({
     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
     "YOLO_OFFLINE": "1", "YOLO_AUTOINSTALL": "0", "DO_NOT_TRACK": "1", "MPLBACKEND": "Agg",
-    "TOKENIZERS_PARALLELISM": "false", "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    "TOKENIZERS_PARALLELISM": "false", "OMP_WAIT_POLICY": "PASSIVE", "PYTHONWARNINGS": "ignore::DeprecationWarning",
     "COURSE_NETGUARD": "1", "COURSE_NETGUARD_LOG": str(HOME / "netguard.log"),
 })
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(GUARD_DIR), os.environ.get("PYTHONPATH")]))

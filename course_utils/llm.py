@@ -29,11 +29,12 @@ Reusable pieces (the vision-language lesson builds its tiny LLaVA from them): :f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,12 +112,11 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     source = str(tiny_llm_dir()) if smoke else (model_id or DEFAULT_MODEL_ID)
     if revision is None and not smoke:
         revision = PINNED_REVISIONS.get(source)
-    # 16-bit: bf16 where the card has it, else fp16 (on a CPU, bf16). Quantised layers compute in the card's dtype.
-    if device == "cuda":
-        dtype = defaults.torch_dtype
-    else:
-        dtype = torch.bfloat16 if quantization == "16bit" else torch.float32
-    quant_config = quantization_config(quantization, dtype)
+    # The unquantised weights (embeddings, norms, LM head) are stored in bf16 where the card has it, else fp16 — and
+    # in bf16 on a CPU too, so sizes match the GPU's. The 4-bit layers compute in that dtype on a GPU; on a CPU in
+    # fp32, because CPU bf16 matrix products are ~4x slower than fp32 ones on a typical desktop CPU.
+    dtype = defaults.torch_dtype if device == "cuda" else torch.bfloat16
+    quant_config = quantization_config(quantization, dtype if device == "cuda" else torch.float32)
     with hub_errors_explained(source):
         config = AutoConfig.from_pretrained(source, revision=revision)  # one small file: fails fast if gated/offline
         if not Path(source).is_dir():
@@ -200,21 +200,17 @@ def explain_hub_error(err: BaseException, model_id: str) -> ModelAccessError | N
     return None
 
 
-class hub_errors_explained:  # noqa: N801 - used as a context manager
+@contextlib.contextmanager
+def hub_errors_explained(model_id: str) -> Iterator[None]:
     """``with hub_errors_explained(model_id): ...`` re-raises hub failures as one :class:`ModelAccessError`."""
-
-    def __init__(self, model_id: str) -> None:
-        self.model_id = model_id
-
-    def __enter__(self) -> hub_errors_explained:
-        return self
-
-    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None or isinstance(exc, CourseError):
-            return False
-        explained = explain_hub_error(exc, self.model_id)
+    try:
+        yield
+    except CourseError:
+        raise
+    except Exception as err:
+        explained = explain_hub_error(err, model_id)
         if explained is None:
-            return False
+            raise
         raise explained from None
 
 

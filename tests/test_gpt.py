@@ -1,0 +1,192 @@
+"""Lesson 04's model (course_utils/gpt.py) and data (course_utils/text_data.py).
+
+The KV cache must not change a single token; training must lower the loss; weight tying must share storage; the
+tokenizer must round-trip; the data loader must fail with a course error that says what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import urllib.error
+
+import pytest
+import torch
+
+import course_utils as cu
+from course_utils import text_data
+from course_utils.gpt import GPT, GPTConfig, KVCache, apply_rope, rope_tables
+from course_utils.text_data import CharTokenizer
+
+POSITIONS = ("rope", "alibi")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a busy machine thread hand-offs make them 10-30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_model(position: str, seed: int = 0, **overrides) -> GPT:
+    torch.manual_seed(seed)
+    config = GPTConfig(**{**dict(vocab_size=23, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
+                                  position=position), **overrides})
+    return GPT(config).eval()
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+@pytest.mark.parametrize("temperature,top_k", [(0.0, None), (1.0, None), (0.8, 5)])
+def test_kv_cache_generates_identical_tokens(position, temperature, top_k):
+    model = tiny_model(position)
+    prompt = torch.randint(0, 23, (2, 3), generator=torch.Generator().manual_seed(1))
+    # 40 new tokens overrun the 32-token context: the cached path must also fall back to recomputing correctly
+    cached, uncached = (model.generate(prompt, 40, temperature=temperature, top_k=top_k, use_cache=use_cache,
+                                       generator=torch.Generator().manual_seed(7)) for use_cache in (True, False))
+    assert cached.shape == (2, 43)
+    assert torch.equal(cached, uncached), f"{position}: the KV cache changed the generated tokens"
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_kv_cache_logits_match_a_full_forward_pass(position):
+    model = tiny_model(position)
+    x = torch.randint(0, 23, (2, 32), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        full, _ = model(x)
+        cache = KVCache(model.config)
+        pieces = [model(x[:, a:b], cache=cache)[0] for a, b in ((0, 5), (5, 6), (6, 20), (20, 32))]
+    assert cache.pos == 32
+    torch.testing.assert_close(torch.cat(pieces, dim=1), full, atol=1e-5, rtol=1e-4)
+
+
+def test_kv_cache_refuses_tokens_past_the_context():
+    model = tiny_model("rope")
+    cache = KVCache(model.config)
+    with torch.no_grad():
+        model(torch.zeros(1, 30, dtype=torch.long), cache=cache)
+        with pytest.raises(cu.BadParameter, match="exceed the context"):
+            model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
+
+
+def test_position_schemes_differ_and_rope_is_relative():
+    x = torch.randint(0, 23, (1, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        rope, alibi = (tiny_model(p)(x)[0] for p in POSITIONS)
+    assert not torch.allclose(rope, alibi), "the position scheme should change the model's output"
+    cos, sin = rope_tables(8, 64)
+    q, k = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
+    score = lambda m, n: apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])  # noqa: E731
+    torch.testing.assert_close(score(7, 3), score(50, 46))
+
+
+@pytest.mark.parametrize("position", POSITIONS)
+def test_loss_decreases_on_a_tiny_batch(position):
+    model = tiny_model(position).train()
+    x = torch.randint(0, 23, (4, 32), generator=torch.Generator().manual_seed(4))
+    y = torch.roll(x, -1, dims=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        _, loss = model(x, y)
+        losses.append(loss.item())
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert losses[0] == pytest.approx(torch.log(torch.tensor(23.0)).item(), abs=0.3), "an untrained model should guess uniformly"
+    assert losses[-1] < 0.5 * losses[0], f"{position}: loss only went {losses[0]:.2f} -> {losses[-1]:.2f} overfitting one batch"
+
+
+def test_weight_tying_shares_storage():
+    model = tiny_model("rope")
+    assert model.lm_head.weight is model.tok_emb.weight
+    assert model.lm_head.weight.data_ptr() == model.tok_emb.weight.data_ptr()
+    counted = sum(p.numel() for p in model.parameters())
+    assert model.num_params() == counted
+    assert counted < sum(p.numel() for p in model.state_dict().values()), "the tied matrix must be counted once"
+
+
+def test_baby_gpt_size():
+    model = GPT(GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384))
+    assert 10.5e6 < model.num_params() < 10.8e6, "nanoGPT's baby GPT has 10.7 M parameters"
+
+
+def test_top_k_one_is_greedy():
+    model = tiny_model("rope")
+    prompt = torch.zeros(1, 1, dtype=torch.long)
+    greedy = model.generate(prompt, 20, temperature=0.0)
+    top1 = model.generate(prompt, 20, temperature=1.0, top_k=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(greedy, top1)
+
+
+def test_bad_config_is_a_course_error():
+    with pytest.raises(cu.BadParameter, match="rope"):
+        GPTConfig(position="learned")
+    with pytest.raises(cu.BadParameter, match="heads"):
+        GPTConfig(n_embd=30, n_head=4)
+
+
+# --- text data ---------------------------------------------------------------------------------------------------
+
+def test_tokenizer_round_trip_and_unknown_characters():
+    text = text_data.load_tiny_corpus()
+    tok = CharTokenizer(text)
+    assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(torch.tensor(tok.encode("lamp"))) == "lamp"
+    assert tok.vocab_size == len(set(text))
+    with pytest.raises(cu.BadParameter, match="not in the vocabulary"):
+        tok.encode("lamp\u00e9")
+
+
+def test_tiny_corpus_is_shipped_and_shaped_like_shakespeare():
+    text = text_data.load_tiny_corpus()
+    assert 20_000 <= len(text) <= 40_000
+    assert "MARA:\n" in text and "\n\n" in text
+    assert text_data.load_text(smoke=True)[0] == text
+
+
+def test_missing_data_offline_says_where_to_put_it(tmp_path):
+    with pytest.raises(cu.MissingData) as err:
+        text_data.load_tinyshakespeare(tmp_path, download=False)
+    message = str(err.value)
+    assert str(tmp_path / "tinyshakespeare" / "input.txt") in message
+    assert "SMOKE" in message and text_data.TINYSHAKESPEARE_URL in message
+
+
+def test_reads_the_corpus_from_the_data_folder(tmp_path, monkeypatch):
+    path = tmp_path / "tinyshakespeare" / "input.txt"
+    path.parent.mkdir()
+    path.write_text("First Citizen:\nBefore we proceed any further, hear me speak.\n")
+    monkeypatch.setenv("COURSE_DATA", str(tmp_path))
+    text, name = text_data.load_text(smoke=False, download=False)
+    assert name == "TinyShakespeare" and text.startswith("First Citizen:")
+
+
+class _FakeResponse(io.BytesIO):
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
+    payload = b"Speak, speak.\n"
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _FakeResponse(payload))
+    target = tmp_path / "sub" / "input.txt"
+    with pytest.raises(cu.MissingData, match="not the expected file"):
+        text_data.download_verified("https://example.invalid/x", target, "0" * 64)
+    assert not target.exists() and not list(tmp_path.rglob("*.tmp")), "a bad download must leave nothing behind"
+    text_data.download_verified("https://example.invalid/x", target, hashlib.sha256(payload).hexdigest())
+    assert target.read_bytes() == payload
+
+
+def test_download_failure_is_a_course_error(tmp_path, monkeypatch):
+    def offline(url, timeout):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr("urllib.request.urlopen", offline)
+    with pytest.raises(cu.MissingData) as err:
+        text_data.load_tinyshakespeare(tmp_path, download=True)
+    assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(err.value) and "SMOKE" in str(err.value)
