@@ -38,6 +38,8 @@ lab: setup
 	@TOKEN=$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')}; \
 	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab?token=$$TOKEN"; \
 	$(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) --IdentityProvider.token="$$TOKEN" \
+	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate \
+	  --LabApp.extension_manager=readonly \
 	  --notebook-dir=notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 course: setup

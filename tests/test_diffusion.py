@@ -191,3 +191,11 @@ def test_lora_save_reload_changes_output_and_unload_restores_base(pipe, tmp_path
     assert np.allclose(sample(), base, atol=1e-6), "adapter weight 0 is the base model"
     pipe.unload_lora_weights()
     assert np.array_equal(sample(), base), "unloading must restore the base output exactly"
+
+
+def test_write_captioned_folder_round_trips(tmp_path):
+    folder = diffusion.write_captioned_folder(tmp_path / "shapes", n=5, size=64, seed=2)
+    images, captions = diffusion.load_captioned_images(folder)
+    expected = diffusion.make_shapes_dataset(5, 64, seed=2)
+    assert captions == [it.caption for it in expected]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b.image)) for a, b in zip(images, expected)), "PNG is lossless"

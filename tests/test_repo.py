@@ -83,6 +83,13 @@ def test_make_lab_serves_on_loopback_and_refuses_without_the_token():
         assert err.value.code == 403  # no token, no access
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=5) as resp:
             assert b"JupyterLab" in resp.read()
+        # what the Lab's front end asks for on start: none of it may reach the internet (the guard would fail us)
+        for api in ("lab/api/extensions", "lab/api/news", "lab/api/update"):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/{api}?token={token}", timeout=10).read()
+            except urllib.error.HTTPError:
+                pass
+        time.sleep(1)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
