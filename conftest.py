@@ -56,3 +56,15 @@ def _no_network_attempts():
     if new:
         hosts = sorted({line.split(" ")[0] for line in new})
         pytest.fail(f"network access attempted (the course must run offline): {', '.join(hosts)}")
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory):
+    """A fresh course cache for one test module, so the first tiny-model call really builds (and is timed as such)."""
+    old = os.environ.get("COURSE_CACHE")
+    os.environ["COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
+    yield
+    if old is None:
+        os.environ.pop("COURSE_CACHE", None)
+    else:
+        os.environ["COURSE_CACHE"] = old

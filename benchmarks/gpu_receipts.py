@@ -44,6 +44,22 @@ def emit(**row) -> None:
     print(json.dumps(row), flush=True)
 
 
+def mean_step_seconds(loss_fn, opt, steps: int) -> float:
+    """Run ``steps`` bf16-autocast training steps; mean seconds per step, the first (warm-up) left out."""
+    times = []
+    for _ in range(steps):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = loss_fn()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return sum(times[1:]) / len(times[1:])
+
+
 def llama_config():
     from transformers import LlamaConfig
 
@@ -124,21 +140,11 @@ def bench_qlora(ckpt: Path, quant, prepare: bool, seq: int = 2048, steps: int = 
     model = get_peft_model(model, lora)
     opt = bnb.optim.PagedAdamW8bit([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     ids = torch.randint(0, 128000, (1, seq), device="cuda")
-    times = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_ids=ids, labels=ids).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    seconds = mean_step_seconds(lambda: model(input_ids=ids, labels=ids).loss, opt, steps)
     est = memory.estimate_training_vram(memory.LLAMA_3_1_8B, "qlora", seq_len=seq)
     emit(lesson="06", what=f"QLoRA 8B seq {seq} batch 1, r16 all-linear, ckpt, paged AdamW 8-bit"
          + (", prepare_model_for_kbit_training" if prepare else ", no fp32 upcast"),
-         tokens_per_s=round(seq / (sum(times[1:]) / len(times[1:])), 1), estimate_gb=round(est.total_gb, 2))
+         tokens_per_s=round(seq / seconds, 1), estimate_gb=round(est.total_gb, 2))
     del model, opt
     torch.cuda.empty_cache()
 
@@ -156,20 +162,10 @@ def bench_whisper(batch: int = 8, label_len: int = 128, steps: int = 4) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
     feats = torch.randn(batch, 80, 3000, device="cuda")
     labels = torch.randint(0, 50000, (batch, label_len), device="cuda")
-    times = []
-    for _ in range(steps):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(input_features=feats, labels=labels).loss
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    seconds = mean_step_seconds(lambda: model(input_features=feats, labels=labels).loss, opt, steps)
     n = sum(p.numel() for p in model.parameters())
     emit(lesson="10", what=f"whisper-small fine-tune, batch {batch}, labels {label_len}, bf16 autocast, ckpt, AdamW",
-         params_m=round(n / 1e6, 1), it_per_s=round(1 / (sum(times[1:]) / len(times[1:])), 2))
+         params_m=round(n / 1e6, 1), it_per_s=round(1 / seconds, 2))
     del model, opt
     torch.cuda.empty_cache()
 

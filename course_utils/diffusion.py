@@ -197,16 +197,10 @@ def load_sd_pipeline(smoke: bool, model_id: str = SD15_ID, revision: str | None 
         print("smoke mode on a CPU: PyTorch set to 1 thread (the tiny model's operations are too small to share)")
     source, rev = (str(tiny_sd_folder()), None) if smoke else (model_id, revision)
     variant = "fp16" if dtype == torch.float16 and not smoke else None
-    try:
+    from course_utils.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+
+    with hub_errors_explained(model_id, alternative=None):
         pipe = StableDiffusionPipeline.from_pretrained(source, revision=rev, dtype=dtype, variant=variant)
-    except (OSError, ValueError) as err:
-        if smoke or Path(source).exists():
-            raise
-        raise MissingData(
-            f"The weights of {model_id} (revision {revision}) are not in the Hugging Face cache and could not be "
-            f"downloaded ({type(err).__name__}). Go online once and rerun this cell (about 2 GB), or download them "
-            f"with `hf download {model_id} --revision {revision}`, or run the lesson in smoke mode (SMOKE=1)."
-        ) from None
     return pipe.to(device)
 
 

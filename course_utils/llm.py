@@ -155,10 +155,16 @@ def quantization_config(quantization: str, compute_dtype: Any = None) -> Any:
 # ------------------------------------------------------------------------------- hub errors, one sentence
 
 _SMOKE_HINT = "or run the lesson in smoke mode (SMOKE=1), which needs no download"
+_UNGATED_HINT = f"use the ungated load_causal_lm({UNGATED_MODEL_ID!r})"
 
 
-def explain_hub_error(err: BaseException, model_id: str) -> ModelAccessError | None:
-    """Turn a hub/transformers loading error into the course's one sentence (``None`` if it is something else)."""
+def explain_hub_error(err: BaseException, model_id: str, alternative: str | None = _UNGATED_HINT) -> ModelAccessError | None:
+    """Turn a hub/transformers/diffusers loading error into the course's one sentence (``None`` if it is something else).
+
+    ``alternative`` is what a gated or token failure suggests instead (by default the ungated LLM); None for models
+    that are not gated.
+    """
+    instead = f" — or {alternative}" if alternative else ""
     from huggingface_hub import errors as hf_errors
 
     chain: list[BaseException] = []
@@ -178,13 +184,15 @@ def explain_hub_error(err: BaseException, model_id: str) -> ModelAccessError | N
     if has(hf_errors.GatedRepoError) or "gated repo" in text or "gated repository" in text:
         return ModelAccessError(
             f"{model_id} is a gated model: accept its licence at {page} (same account), then run "
-            f"`huggingface-cli login` or set HF_TOKEN — or use the ungated load_causal_lm({UNGATED_MODEL_ID!r}), "
+            f"`huggingface-cli login` or set HF_TOKEN{instead}, "
             f"{_SMOKE_HINT}.")
     if has(hf_errors.LocalTokenNotFoundError) or status(401) or ("401" in text and "unauthorized" in text):
         return ModelAccessError(
             f"The hub refused {model_id} without a valid token: run `huggingface-cli login` (or set HF_TOKEN) with an "
-            f"account that accepted the licence at {page} — or use load_causal_lm({UNGATED_MODEL_ID!r}), {_SMOKE_HINT}.")
-    if has(hf_errors.LocalEntryNotFoundError) or "couldn't connect" in text or "offline mode" in text:
+            f"account that accepted the licence at {page}{instead}, {_SMOKE_HINT}.")
+    # transformers sometimes hides the hub error behind a plain OSError ("Can't load feature extractor for ...")
+    hidden = has(OSError) and not Path(model_id).exists() and ("can't load" in text or "correct path" in text)
+    if has(hf_errors.LocalEntryNotFoundError) or "couldn't connect" in text or "offline mode" in text or hidden:
         return ModelAccessError(
             f"{model_id} is not in the local Hugging Face cache and the hub cannot be reached (offline, or "
             f"HF_HUB_OFFLINE=1): download it once on a connected machine (`huggingface-cli download {model_id}`), "
@@ -201,14 +209,17 @@ def explain_hub_error(err: BaseException, model_id: str) -> ModelAccessError | N
 
 
 @contextlib.contextmanager
-def hub_errors_explained(model_id: str) -> Iterator[None]:
-    """``with hub_errors_explained(model_id): ...`` re-raises hub failures as one :class:`ModelAccessError`."""
+def hub_errors_explained(model_id: str, alternative: str | None = _UNGATED_HINT) -> Iterator[None]:
+    """``with hub_errors_explained(model_id): ...`` re-raises hub failures as one :class:`ModelAccessError`.
+
+    Used by every loader of hub weights in the course (LLMs, embedders, LLaVA, Stable Diffusion, Whisper).
+    """
     try:
         yield
     except CourseError:
         raise
     except Exception as err:
-        explained = explain_hub_error(err, model_id)
+        explained = explain_hub_error(err, model_id, alternative)
         if explained is None:
             raise
         raise explained from None

@@ -355,16 +355,11 @@ def load_whisper(smoke: bool, model_id: str = WHISPER_SMALL, revision: str | Non
         source, kwargs = str(tiny_whisper_folder()), {}
     else:
         source, kwargs = model_id, ({"revision": revision} if revision else {})
-    try:
+    from course_utils.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+
+    with hub_errors_explained(model_id, alternative=None):
         processor = WhisperProcessor.from_pretrained(source, **kwargs)
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
-    except OSError as err:
-        if smoke or Path(source).exists():
-            raise
-        raise MissingData(
-            f"{model_id} (revision {revision}) is not in the Hugging Face cache and cannot be downloaded here ({type(err).__name__}). "
-            f"Download it once with internet (`hf download {model_id} --revision {revision}`), or run smoke mode (SMOKE=1)."
-        ) from None
     return model.to(device).eval(), processor
 
 

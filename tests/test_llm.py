@@ -13,16 +13,6 @@ from course_utils.errors import CourseError, MissingData
 GIB = 1024**3
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    """A fresh course cache for this module, so the first tiny_llm_dir() call really builds."""
-    old = os.environ.get("COURSE_CACHE")
-    os.environ["COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
-    yield
-    if old is None:
-        os.environ.pop("COURSE_CACHE", None)
-    else:
-        os.environ["COURSE_CACHE"] = old
 
 
 def _http_error(kind, status: int, message: str):

@@ -25,6 +25,7 @@ def test_loopback_still_works():
     server.bind(("127.0.0.1", 0))
     server.listen(1)
     client = socket.create_connection(server.getsockname(), timeout=2)
+    assert client.getpeername() == server.getsockname()
     client.close()
     server.close()
 

@@ -15,16 +15,6 @@ from course_utils import vlm
 from course_utils.errors import BadParameter, MissingData
 
 
-@pytest.fixture(scope="module")
-def tiny_cache(tmp_path_factory):
-    """A fresh course cache for this module, so the first tiny_llava_dir() call really builds."""
-    old = os.environ.get("COURSE_CACHE")
-    os.environ["COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
-    yield
-    if old is None:
-        os.environ.pop("COURSE_CACHE", None)
-    else:
-        os.environ["COURSE_CACHE"] = old
 
 
 # ---------------------------------------------------------------------------------------------- generated data
