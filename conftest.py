@@ -28,6 +28,7 @@ _ENV = {
     "JUPYTER_RUNTIME_DIR": HOME / "jupyter" / "runtime",
     "IPYTHONDIR": HOME / "ipython",
     "TORCH_HOME": HOME / "torch",
+    "COURSE_TRACKING": HOME / "tensorboard",
 }
 for key, path in _ENV.items():
     path.mkdir(parents=True, exist_ok=True)
@@ -68,3 +69,23 @@ def tiny_cache(tmp_path_factory):
         os.environ.pop("COURSE_CACHE", None)
     else:
         os.environ["COURSE_CACHE"] = old
+
+
+@pytest.fixture
+def run_recipe(tmp_path):
+    """Run ``recipes/<name>`` as a learner would in their own project: a fresh process, another folder, and
+    ``course_utils`` not importable. Returns the CompletedProcess; fails the test with the recipe's output if it exits
+    non-zero."""
+    import subprocess
+
+    def run(name: str, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        script = ROOT / "recipes" / name
+        launcher = ("import runpy, sys; sys.modules['course_utils'] = None; sys.argv = sys.argv[1:]; "
+                    "runpy.run_path(sys.argv[0], run_name='__main__')")
+        proc = subprocess.run([sys.executable, "-c", launcher, str(script), *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            pytest.fail(f"recipes/{name} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        return proc
+
+    return run

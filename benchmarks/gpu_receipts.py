@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
-from course_utils import memory  # noqa: E402
+from course_utils.core import memory  # noqa: E402
 
 GIB = 1024**3
 CAP_GB = 12.0

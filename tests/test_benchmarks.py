@@ -6,8 +6,8 @@ import importlib.util
 
 import pytest
 
-from course_utils import memory
-from course_utils.paths import REPO_ROOT
+from course_utils.core import memory
+from course_utils.core.paths import REPO_ROOT
 
 
 def load_receipts():

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import course_utils as cu
-from course_utils import memory
-from course_utils.gpu import GPUReport
+from course_utils.core import memory
+from course_utils.core.gpu import GPUReport
 
 CPU = GPUReport(False, "cpu", 0.0, 0.0, None, False, "2.14.1", None, None, True, False)
 SMALL = GPUReport(True, "GeForce GTX 1660", 6.0, 5.5, (7, 5), False, "2.14.1", "13.0", "580", True, False)
@@ -25,7 +25,7 @@ def test_import_is_light_and_cli_answers_help_fast():
     code = "import sys, course_utils; assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "course_utils.run", "--help"], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-m", "course_utils.runner.run", "--help"], capture_output=True, text=True, check=True)
     assert "--mode" in out.stdout and time.perf_counter() - start < 5
 
 
@@ -66,13 +66,13 @@ def test_course_errors_render_as_one_line_in_ipython():
 
 
 def test_choose_device(monkeypatch):
-    monkeypatch.setattr("course_utils.gpu.gpu_report", lambda: CPU)
+    monkeypatch.setattr("course_utils.core.gpu.gpu_report", lambda: CPU)
     assert cu.choose_device(True, 10, "x") == "cpu"
     assert cu.choose_device(False, None, "runs anywhere") == "cpu"
     assert cu.choose_device(False, 10, "x", allow_cpu=True) == "cpu"
     with pytest.raises(cu.NeedsGPU):
         cu.choose_device(False, 10, "x")
-    monkeypatch.setattr("course_utils.gpu.gpu_report", lambda: BIG)
+    monkeypatch.setattr("course_utils.core.gpu.gpu_report", lambda: BIG)
     assert cu.choose_device(False, 10, "x") == "cuda"
 
 

@@ -1,4 +1,4 @@
-"""course_utils.diffusion: the offline CLIP tokenizer, the tiny SD pipeline, the captioned data, LoRA round trips."""
+"""course_utils.topics.diffusion: the offline CLIP tokenizer, the tiny SD pipeline, the captioned data, LoRA round trips."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from course_utils import diffusion
-from course_utils.errors import BadParameter, MissingData
+from course_utils.topics import diffusion
+from course_utils.core.errors import BadParameter, MissingData
 
 SAMPLES = [
     "a red circle on a blue background",
@@ -159,7 +159,7 @@ def test_lora_save_reload_changes_output_and_unload_restores_base(pipe, tmp_path
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    from course_utils.paths import atomic_dir
+    from course_utils.core.paths import atomic_dir
 
     def sample():
         generator = torch.Generator("cpu").manual_seed(0)

@@ -6,17 +6,15 @@ tokenizer must round-trip; the data loader must fail with a course error that sa
 
 from __future__ import annotations
 
-import hashlib
-import io
 import urllib.error
 
 import pytest
 import torch
 
 import course_utils as cu
-from course_utils import text_data
-from course_utils.gpt import GPT, GPTConfig, KVCache, apply_rope, rope_tables
-from course_utils.text_data import CharTokenizer
+from course_utils.topics import text_data
+from course_utils.topics.gpt import GPT, GPTConfig, KVCache, apply_rope, rope_tables
+from course_utils.topics.text_data import CharTokenizer
 
 POSITIONS = ("rope", "alibi")
 
@@ -161,25 +159,6 @@ def test_reads_the_corpus_from_the_data_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_DATA", str(tmp_path))
     text, name = text_data.load_text(smoke=False, download=False)
     assert name == "TinyShakespeare" and text.startswith("First Citizen:")
-
-
-class _FakeResponse(io.BytesIO):
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
-def test_download_is_verified_and_atomic(tmp_path, monkeypatch):
-    payload = b"Speak, speak.\n"
-    monkeypatch.setattr("urllib.request.urlopen", lambda url, timeout: _FakeResponse(payload))
-    target = tmp_path / "sub" / "input.txt"
-    with pytest.raises(cu.MissingData, match="not the expected file"):
-        text_data.download_verified("https://example.invalid/x", target, "0" * 64)
-    assert not target.exists() and not list(tmp_path.rglob("*.tmp")), "a bad download must leave nothing behind"
-    text_data.download_verified("https://example.invalid/x", target, hashlib.sha256(payload).hexdigest())
-    assert target.read_bytes() == payload
 
 
 def test_download_failure_is_a_course_error(tmp_path, monkeypatch):

@@ -1,4 +1,4 @@
-"""course_utils.llm: one-sentence hub errors, the disk check, and the tiny offline Llama (built once, 4-bit, chats)."""
+"""course_utils.topics.llm: one-sentence hub errors, the disk check, and the tiny offline Llama (built once, 4-bit, chats)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from collections import namedtuple
 
 import pytest
 
-from course_utils import llm
-from course_utils.errors import CourseError, MissingData
+from course_utils.topics import llm
+from course_utils.core.errors import CourseError, MissingData
 
-GIB = 1024**3
+from course_utils.core import hub  # noqa: E402
+from course_utils.core.memory import GIB  # noqa: E402
 
 
 
@@ -76,7 +77,7 @@ def test_bad_quantization_is_a_course_error():
 def test_download_estimate_from_config():
     from transformers import LlamaConfig
 
-    from course_utils import memory
+    from course_utils.core import memory
 
     config = LlamaConfig(**{k: getattr(memory.LLAMA_3_1_8B, a) for k, a in [
         ("hidden_size", "hidden_size"), ("num_hidden_layers", "n_layers"), ("num_attention_heads", "n_heads"),
@@ -88,7 +89,7 @@ def test_download_estimate_from_config():
 
 def test_disk_check_says_how_much_is_needed(monkeypatch, tmp_path):
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(llm.shutil, "disk_usage", lambda path: usage(100 * GIB, 97 * GIB, 3 * GIB))
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: usage(100 * GIB, 97 * GIB, 3 * GIB))
     with pytest.raises(llm.NotEnoughDisk) as info:
         llm.check_disk_space(15.0, tmp_path / "not-yet-created" / "hub", what="meta-llama/Llama-3.1-8B-Instruct")
     message = str(info.value)
@@ -103,7 +104,7 @@ def test_disk_check_runs_before_the_download(monkeypatch):
     from transformers import LlamaConfig
 
     usage = namedtuple("usage", "total used free")
-    monkeypatch.setattr(llm.shutil, "disk_usage", lambda path: usage(100 * GIB, 99 * GIB, 1 * GIB))
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda path: usage(100 * GIB, 99 * GIB, 1 * GIB))
     big = LlamaConfig(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
                       head_dim=128, intermediate_size=14336, vocab_size=128256)
     monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", lambda *a, **k: big)
@@ -169,7 +170,7 @@ def test_run_notes_data_set_is_the_generators_output_and_well_formed():
     import importlib.util
     import json
 
-    from course_utils.paths import REPO_ROOT
+    from course_utils.core.paths import REPO_ROOT
 
     folder = REPO_ROOT / "datasets" / "course" / "run_notes_json"
     spec = importlib.util.spec_from_file_location("make_run_notes", folder / "make_run_notes.py")

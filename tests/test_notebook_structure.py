@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from course_utils import run
+from course_utils.runner import run
 
 LESSONS = run.discover()
 REQUIRED_HEADINGS = ("Setup", "If it runs out of memory", "Results", "Exercises", "Summary")

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from course_utils import run
+from course_utils.runner import run
 
 LESSONS = run.discover()
 

@@ -1,4 +1,4 @@
-"""course_utils.rag: ingest, chunking, retrieval, fusion, metrics, citations, and the shipped notes + questions."""
+"""course_utils.topics.rag: ingest, chunking, retrieval, fusion, metrics, citations, and the shipped notes + questions."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import nbformat
 import pytest
 
-from course_utils import rag
-from course_utils.errors import BadParameter, CourseError, MissingData
+from course_utils.topics import rag
+from course_utils.core.errors import BadParameter, CourseError, MissingData
 
 PROSE = ("Alpha one is the first sentence here. Beta two follows it closely. Gamma three adds a third idea. "
          "Delta four keeps going on. Epsilon five is nearly the end. Zeta six closes the paragraph.")
@@ -178,7 +178,8 @@ def test_prompt_numbers_the_sources_and_shows_where_they_come_from():
 
 def test_bundled_embedder_is_the_hubs_file(monkeypatch):
     folder = rag.bundled_embedder_path()
-    assert rag.sha256_file(folder / "model.safetensors") == rag.EMBEDDER_SHA256
+    from course_utils.core.download import file_hash
+    assert file_hash(folder / "model.safetensors") == rag.EMBEDDER_SHA256
     assert not list(folder.rglob("*.py")), "the model folder should hold no code"
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "bert" and "auto_map" not in config, "no remote code may be involved"

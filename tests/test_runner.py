@@ -9,7 +9,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from course_utils import run
+from course_utils.runner import run
 
 
 def make_lesson(folder, name, body, targets=None):

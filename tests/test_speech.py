@@ -1,4 +1,4 @@
-"""course_utils.speech: the offline Whisper tokenizer matches openai-whisper's, audio loads as 16 kHz mono, the VAD
+"""course_utils.topics.speech: the offline Whisper tokenizer matches openai-whisper's, audio loads as 16 kHz mono, the VAD
 trims silence, WER uses Whisper's normaliser, and the smoke/full loaders behave."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from course_utils import speech
-from course_utils.errors import BadParameter, MissingData
+from course_utils.topics import speech
+from course_utils.core.errors import BadParameter, MissingData
 
 SENTENCES = [
     " Fine-tune QLoRA with bitsandbytes on 12 GB of VRAM — naïve café, 東京, 🚀!",

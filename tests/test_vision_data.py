@@ -1,4 +1,4 @@
-"""course_utils.vision_data: smoke stand-ins with the real shapes, local files accepted, downloads verified,
+"""course_utils.topics.vision_data: smoke stand-ins with the real shapes, local files accepted, downloads verified,
 and one clear sentence when the data is missing or broken. No test touches the network (file:// URLs only)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import course_utils as cu
-from course_utils import vision_data as vd
+from course_utils.topics import vision_data as vd
 
 
 # ------------------------------------------------------------------------------------------------- fake files
@@ -136,7 +136,7 @@ def test_mnist_corrupted_download_is_deleted_and_explained(tmp_path, monkeypatch
     monkeypatch.setattr(vd, "MNIST_MIRRORS", [mirror.as_uri() + "/"])
     with pytest.raises(vd.CorruptDownload) as info:
         vd.load_mnist(smoke=False, data_dir=tmp_path / "data", download=True)
-    assert isinstance(info.value, cu.MissingData) and "corrupted" in str(info.value)
+    assert isinstance(info.value, cu.MissingData) and "not the expected file" in str(info.value)
     raw = tmp_path / "data" / "MNIST" / "raw"
     assert not list(raw.glob("*")), "the corrupted file (and temporary files) must be removed"
 
@@ -196,7 +196,7 @@ def test_cifar_corrupted_download_is_deleted_and_explained(tmp_path, monkeypatch
     bad = tmp_path / "cifar-10-python.tar.gz"
     bad.write_bytes(b"half an archive")
     monkeypatch.setattr(vd, "CIFAR10_URL", bad.as_uri())
-    with pytest.raises(vd.CorruptDownload, match="corrupted"):
+    with pytest.raises(vd.CorruptDownload, match="not the expected file"):
         vd.load_cifar10(smoke=False, data_dir=tmp_path / "data", download=True)
     assert not list((tmp_path / "data").glob("*")), "nothing half-downloaded may stay"
 

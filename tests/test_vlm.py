@@ -1,4 +1,4 @@
-"""course_utils.vlm: the shape-VQA generator (deterministic, answers true to the pixels), the tiny LLaVA and its
+"""course_utils.topics.vlm: the shape-VQA generator (deterministic, answers true to the pixels), the tiny LLaVA and its
 processor (image tokens, chat template, 4-bit), a QLoRA adapter round-trip, and freeing a model."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import course_utils as cu
-from course_utils import vlm
-from course_utils.errors import BadParameter, MissingData
+from course_utils.topics import vlm
+from course_utils.core.errors import BadParameter, MissingData
 
 
 

@@ -1,4 +1,4 @@
-"""course_utils.yolo: the generated detection set is valid and deterministic, the offline setup really keeps
+"""course_utils.topics.yolo: the generated detection set is valid and deterministic, the offline setup really keeps
 Ultralytics off the network, a learner's folder is checked with a readable error, and the export checks measure
 what they claim. Nothing here downloads (downloads are replaced by failures, as when offline)."""
 
@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 import course_utils as cu
-from course_utils import yolo
+from course_utils.topics import yolo
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +113,7 @@ def test_setup_puts_env_font_and_folders_in_place_and_makes_no_network_call(tmp_
     env["COURSE_CACHE"] = str(tmp_path / "cache")
     script = textwrap.dedent("""
         import json, os
-        from course_utils.yolo import setup_ultralytics
+        from course_utils.topics.yolo import setup_ultralytics
         info = setup_ultralytics()
         import ultralytics.utils as u
         from ultralytics.utils.checks import check_font
@@ -144,7 +144,7 @@ def test_setup_puts_env_font_and_folders_in_place_and_makes_no_network_call(tmp_
 def test_setup_keeps_a_learners_config_dir(tmp_path, monkeypatch):
     mine = tmp_path / "my-yolo"
     env = {**os.environ, "YOLO_CONFIG_DIR": str(mine), "COURSE_CACHE": str(tmp_path / "cache")}
-    script = "from course_utils.yolo import setup_ultralytics; print(setup_ultralytics()['font'])"
+    script = "from course_utils.topics.yolo import setup_ultralytics; print(setup_ultralytics()['font'])"
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == str(mine / "Ultralytics" / "Arial.ttf")

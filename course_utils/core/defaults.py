@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from course_utils.errors import BadParameter
+from course_utils.core.errors import BadParameter
 
 Task = Literal[
     "cnn-train", "gpt-train", "llm-inference", "llm-qlora", "rag", "yolo-train", "sd-inference", "sd-lora",
@@ -80,7 +80,7 @@ def safe_defaults(task: Task, vram_gb: float | None = None, bf16: bool | None = 
     if task not in _RULES:
         raise BadParameter(f"Unknown task {task!r}; choose one of: {', '.join(_RULES)}.")
     if vram_gb is None or bf16 is None:
-        from course_utils.gpu import gpu_report
+        from course_utils.core.gpu import gpu_report
 
         report = gpu_report()
         vram_gb = report.total_vram_gb if vram_gb is None else vram_gb

@@ -6,6 +6,9 @@ inside a library. The cell still fails (papermill and the runner see ``ename``/`
 
 from __future__ import annotations
 
+#: The one wording of "you can run this without the download or the GPU", ending every such message.
+SMOKE_HINT = "run the lesson in smoke mode instead (SMOKE = True in the parameters cell, or SMOKE=1 in the environment)"
+
 
 class CourseError(RuntimeError):
     """Base class: a problem the learner can fix; ``str(err)`` says how."""

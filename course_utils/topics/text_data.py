@@ -7,46 +7,17 @@ Smoke mode reads ``datasets/course/tiny_corpus/lamplighter.txt``, an original te
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
-from course_utils.errors import BadParameter, MissingData
-from course_utils.paths import REPO_ROOT, atomic_write, data_dir
+from course_utils.core.download import download as download_file
+from course_utils.core.download import file_hash
+from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
+from course_utils.core.paths import REPO_ROOT, atomic_write, data_dir
 
 TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
 TINY_CORPUS = REPO_ROOT / "datasets" / "course" / "tiny_corpus" / "lamplighter.txt"
-
-_SMOKE_HINT = "or run the lesson in smoke mode (SMOKE = True in the parameters cell, or SMOKE=1 in the environment)"
-
-
-def sha256_of(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_verified(url: str, path: str | os.PathLike[str], sha256: str, timeout: float = 30.0) -> Path:
-    """Download ``url`` to ``path`` atomically; keep it only if its sha256 matches."""
-    import urllib.error
-    import urllib.request
-
-    path = Path(path)
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            payload = response.read()
-    except (urllib.error.URLError, OSError) as err:
-        raise MissingData(f"Could not download {url} ({err}); put the file at {path} yourself, {_SMOKE_HINT}.") from None
-    got = hashlib.sha256(payload).hexdigest()
-    if got != sha256:
-        raise MissingData(f"The download from {url} is not the expected file (sha256 {got[:12]}..., expected "
-                          f"{sha256[:12]}...); nothing was saved. Try again, or put the right file at {path}.")
-    with atomic_write(path, "wb") as handle:
-        handle.write(payload)
-    return path
 
 
 def tinyshakespeare_path(data_dir_: str | os.PathLike[str] | None = None) -> Path:
@@ -59,10 +30,10 @@ def load_tinyshakespeare(data_dir_: str | os.PathLike[str] | None = None, downlo
     if not path.exists():
         if not download:
             raise MissingData(f"TinyShakespeare is not at {path}: download {TINYSHAKESPEARE_URL} to that path "
-                              f"(or set DOWNLOAD = True), {_SMOKE_HINT}.")
+                              f"(or set DOWNLOAD = True), or {SMOKE_HINT}.")
         print(f"downloading TinyShakespeare (1.1 MB) to {path}")
-        download_verified(TINYSHAKESPEARE_URL, path, TINYSHAKESPEARE_SHA256)
-    elif sha256_of(path) != TINYSHAKESPEARE_SHA256:
+        download_file(TINYSHAKESPEARE_URL, path, sha256=TINYSHAKESPEARE_SHA256)
+    elif file_hash(path) != TINYSHAKESPEARE_SHA256:
         print(f"note: {path} differs from the published TinyShakespeare (sha256); results may differ from the lesson's.")
     return path.read_text(encoding="utf-8")
 

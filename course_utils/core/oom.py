@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from course_utils.errors import CourseError
+from course_utils.core.errors import CourseError
 
 #: What to try, in order, when a step runs out of memory (the seeds' order).
 OOM_ADVICE = (

@@ -3,7 +3,7 @@
 Both modes return the same thing, an :class:`ImageData` of uint8 ``N x C x H x W`` image tensors and int64 labels, so
 the lesson code after the loader is identical::
 
-    from course_utils.vision_data import load_mnist
+    from course_utils.topics.vision_data import load_mnist
     data = load_mnist(smoke=SMOKE, data_dir=DATA_DIR, download=DOWNLOAD)
 
 Full mode reads torchvision's ``MNIST`` / ``CIFAR10`` from the course data folder (``$COURSE_DATA`` or
@@ -15,7 +15,7 @@ Full mode reads torchvision's ``MNIST`` / ``CIFAR10`` from the course data folde
 
 Files already there are used as they are (a learner's own copy, a reduced set); only files this module downloads
 are checked against the official MD5 checksums. With the files missing and no download possible, the learner
-gets one :class:`~course_utils.errors.MissingData` sentence: which files go where, or how to run smoke mode.
+gets one :class:`~course_utils.core.errors.MissingData` sentence: which files go where, or how to run smoke mode.
 
 Smoke mode needs no files: scikit-learn's bundled handwritten digits resized to MNIST's 28x28, and a generated
 32x32 RGB 10-class set of shapes and textures in random colours (deterministic from a seed, cached).
@@ -24,7 +24,6 @@ Smoke mode needs no files: scikit-learn's bundled handwritten digits resized to 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import os
 import shutil
 import tarfile
@@ -33,14 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils.errors import MissingData
-from course_utils.paths import atomic_write, cache_dir, data_dir
+from course_utils.core.download import CorruptDownload
+from course_utils.core.download import download as download_file
+from course_utils.core.errors import SMOKE_HINT, MissingData
+from course_utils.core.paths import atomic_write, cache_dir, data_dir
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
-
-SMOKE_HINT = "or run the lesson in smoke mode (SMOKE=1 in the environment, or SMOKE = True in the parameters cell)"
 
 # Official sources and checksums (the same as torchvision 0.29's MNIST.resources / CIFAR10.tgz_md5).
 MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
@@ -62,12 +61,6 @@ SHAPES_CLASSES = ("disc", "square", "triangle", "cross", "ring",
 _SHAPES_VERSION = 1  # bump when the generator changes, so old caches are not reused
 
 
-class CorruptDownload(MissingData):
-    """A downloaded file does not match its published checksum (a broken transfer or a changed mirror)."""
-
-    kind = "corrupt download"
-
-
 @dataclass(frozen=True)
 class ImageData:
     """A train/test split as tensors: uint8 images ``N x C x H x W`` (0-255) and int64 labels ``N``."""
@@ -86,38 +79,6 @@ class ImageData:
 
 
 # --------------------------------------------------------------------------------------------------- downloads
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def download_file(url: str, dest: Path, md5: str, timeout: float = 60.0) -> Path:
-    """Download ``url`` to ``dest`` and check its MD5.
-
-    The file appears only when complete (written to a temporary name first). A checksum mismatch deletes it and
-    raises :class:`CorruptDownload`; a network failure raises ``OSError`` (``urllib.error.URLError``).
-    """
-    import urllib.request
-
-    dest = Path(dest)
-    digest = hashlib.md5(usedforsecurity=False)
-    request = urllib.request.Request(url, headers={"User-Agent": "dl12gb-course"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, atomic_write(dest) as out:
-        for chunk in iter(lambda: response.read(1 << 20), b""):
-            digest.update(chunk)
-            out.write(chunk)
-    if digest.hexdigest() != md5:
-        dest.unlink(missing_ok=True)
-        raise CorruptDownload(
-            f"The download of {dest.name} from {url} is corrupted (MD5 {digest.hexdigest()}, expected {md5}) and was "
-            f"deleted; run the cell again to retry, or put a good copy at {dest} yourself."
-        )
-    return dest
-
 
 def _gunzip(src: Path, dest: Path) -> None:
     try:
@@ -151,23 +112,23 @@ def ensure_mnist(root: str | os.PathLike[str] | None = None, download: bool = Tr
         raise MissingData(
             f"MNIST is not in {root} and downloading is off (DOWNLOAD = False): put the four files in torchvision's "
             f"layout — {_mnist_layout(root)} (.gz or unpacked) — or point DATA_DIR / $COURSE_DATA at a folder that "
-            f"has MNIST/raw/, {SMOKE_HINT}."
+            f"has MNIST/raw/, or {SMOKE_HINT}."
         )
     for name in missing:
         errors = []
         for mirror in MNIST_MIRRORS:
             try:
-                download_file(mirror + name, raw / name, MNIST_FILES[name])
+                download_file(mirror + name, raw / name, md5=MNIST_FILES[name])
                 break
             except CorruptDownload:
                 raise
-            except OSError as err:  # no network, DNS failure, HTTP error, timeout
-                errors.append(f"{mirror}: {getattr(err, 'reason', err)}")
+            except MissingData as err:  # no network, DNS failure, HTTP error, timeout
+                errors.append(f"{mirror}: {str(err).split(' (', 1)[-1].split(');', 1)[0]}")
         else:
             raise MissingData(
                 f"MNIST is not in {root} and could not be downloaded ({'; '.join(errors)}): put the four files in "
                 f"torchvision's layout — {_mnist_layout(root)} (.gz or unpacked) — or point DATA_DIR / $COURSE_DATA "
-                f"at a folder that has MNIST/raw/, {SMOKE_HINT}."
+                f"at a folder that has MNIST/raw/, or {SMOKE_HINT}."
             )
     for name in MNIST_FILES:
         if not (raw / name[:-3]).exists():
@@ -191,7 +152,7 @@ def load_mnist(smoke: bool, data_dir: str | os.PathLike[str] | None = None, down
     except Exception as err:  # truncated or foreign files: torchvision fails deep inside its reader
         raise MissingData(
             f"The MNIST files in {root / 'MNIST' / 'raw'} cannot be read ({type(err).__name__}: {err}): delete them "
-            f"so they are downloaded again, or replace them with good copies, {SMOKE_HINT}."
+            f"so they are downloaded again, or replace them with good copies, or {SMOKE_HINT}."
         ) from None
     return ImageData(train.data.unsqueeze(1), train.targets.long(), test.data.unsqueeze(1), test.targets.long(),
                      MNIST_CLASSES, f"MNIST from {root}")
@@ -261,17 +222,17 @@ def ensure_cifar10(root: str | os.PathLike[str] | None = None, download: bool = 
         if not download:
             raise MissingData(
                 f"CIFAR-10 is not in {root} and downloading is off (DOWNLOAD = False): put it in torchvision's layout — "
-                f"{_cifar_layout(root)} — or point DATA_DIR / $COURSE_DATA at a folder that has it, {SMOKE_HINT}."
+                f"{_cifar_layout(root)} — or point DATA_DIR / $COURSE_DATA at a folder that has it, or {SMOKE_HINT}."
             )
         try:
-            download_file(CIFAR10_URL, archive, CIFAR10_MD5, timeout=120)
+            download_file(CIFAR10_URL, archive, md5=CIFAR10_MD5, timeout=120)
         except CorruptDownload:
             raise
-        except OSError as err:
+        except MissingData as err:
             raise MissingData(
                 f"CIFAR-10 is not in {root} and could not be downloaded from {CIFAR10_URL} "
-                f"({getattr(err, 'reason', err)}): put it in torchvision's layout — {_cifar_layout(root)} — or point "
-                f"DATA_DIR / $COURSE_DATA at a folder that has it, {SMOKE_HINT}."
+                f"({str(err).split(' (', 1)[-1].split(');', 1)[0]}): put it in torchvision's layout — {_cifar_layout(root)} — or point "
+                f"DATA_DIR / $COURSE_DATA at a folder that has it, or {SMOKE_HINT}."
             ) from None
     _untar_cifar(archive, root)
     return root
@@ -310,7 +271,7 @@ def load_cifar10(smoke: bool, data_dir: str | os.PathLike[str] | None = None, do
     except Exception as err:  # truncated or foreign pickles
         raise MissingData(
             f"The CIFAR-10 files in {root / CIFAR10_FOLDER} cannot be read ({type(err).__name__}: {err}): delete the "
-            f"folder so it is downloaded again, or replace it with a good copy, {SMOKE_HINT}."
+            f"folder so it is downloaded again, or replace it with a good copy, or {SMOKE_HINT}."
         ) from None
 
     def tensors(ds: Any) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from course_utils.errors import BadParameter, MissingData
-from course_utils.paths import atomic_dir, cache_dir
+from course_utils.core.errors import BadParameter, MissingData
+from course_utils.core.paths import atomic_dir, cache_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image
@@ -197,7 +197,7 @@ def load_sd_pipeline(smoke: bool, model_id: str = SD15_ID, revision: str | None 
         print("smoke mode on a CPU: PyTorch set to 1 thread (the tiny model's operations are too small to share)")
     source, rev = (str(tiny_sd_folder()), None) if smoke else (model_id, revision)
     variant = "fp16" if dtype == torch.float16 and not smoke else None
-    from course_utils.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+    from course_utils.topics.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
 
     with hub_errors_explained(model_id, alternative=None):
         pipe = StableDiffusionPipeline.from_pretrained(source, revision=rev, dtype=dtype, variant=variant)

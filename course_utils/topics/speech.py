@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from course_utils.errors import BadParameter, MissingData
+from course_utils.core.errors import BadParameter, MissingData
 
 SAMPLE_RATE = 16_000  # Whisper's feature extractor works at 16 kHz
 WHISPER_SMALL = "openai/whisper-small"
@@ -204,7 +204,7 @@ def load_clips(folder: str | os.PathLike[str] | None = None, split: str | None =
     ``folder=None`` is the course's clips (``datasets/course/speech_clips``, or under ``$COURSE_DATA``). Point it at
     your own folder of recordings in the same layout to fine-tune on your domain.
     """
-    from course_utils.paths import data_dir
+    from course_utils.core.paths import data_dir
 
     folder = Path(folder) if folder is not None else data_dir().joinpath(*CLIPS_FOLDER)
     index = folder / "transcripts.jsonl"
@@ -332,7 +332,7 @@ def build_tiny_whisper(folder: str | os.PathLike[str], seed: int = 0) -> Path:
 
 def tiny_whisper_folder() -> Path:
     """The smoke model's folder in the course cache, built on first use (~5 s) and reused afterwards."""
-    from course_utils.paths import atomic_dir, cache_dir
+    from course_utils.core.paths import atomic_dir, cache_dir
 
     folder = cache_dir() / f"whisper-tiny-random-{_TINY_VERSION}"
     if not (folder / "model.safetensors").exists():
@@ -347,7 +347,7 @@ def load_whisper(smoke: bool, model_id: str = WHISPER_SMALL, revision: str | Non
 
     Both go through ``WhisperProcessor.from_pretrained`` and ``WhisperForConditionalGeneration.from_pretrained``;
     only the folder differs. Offline without the weights in the Hugging Face cache you get one
-    :class:`~course_utils.errors.MissingData` sentence, not a traceback.
+    :class:`~course_utils.core.errors.MissingData` sentence, not a traceback.
     """
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -355,7 +355,7 @@ def load_whisper(smoke: bool, model_id: str = WHISPER_SMALL, revision: str | Non
         source, kwargs = str(tiny_whisper_folder()), {}
     else:
         source, kwargs = model_id, ({"revision": revision} if revision else {})
-    from course_utils.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+    from course_utils.topics.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
 
     with hub_errors_explained(model_id, alternative=None):
         processor = WhisperProcessor.from_pretrained(source, **kwargs)
@@ -397,7 +397,8 @@ def time_whisper(config: Any, device: str = "cpu", dtype: Any = None, new_tokens
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from course_utils.gpu import GIB, free_gpu
+    from course_utils.core.gpu import free_gpu
+    from course_utils.core.memory import GIB
 
     dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
     baseline = torch.cuda.memory_allocated() if device == "cuda" else 0  # what other models already hold

@@ -23,7 +23,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from course_utils.paths import REPO_ROOT
+from course_utils.core.paths import REPO_ROOT
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
 OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     params = {key: parse_value(value) for key, value in args.parameter}
     out_dir = args.out / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from course_utils.repro import environment_snapshot
+    from course_utils.core.repro import environment_snapshot
 
     env = environment_snapshot()
     print(f"Running {len(lessons)} lesson(s) in {args.mode} mode -> {out_dir}")

@@ -16,7 +16,8 @@ _RECORDED: dict[str, object] = {}
 
 
 def _peak_memory() -> dict[str, float]:
-    from course_utils.gpu import GIB, peak_rss_gb
+    from course_utils.core.gpu import peak_rss_gb
+    from course_utils.core.memory import GIB
 
     peaks = {"peak_rss_gb": round(peak_rss_gb(), 3)}
     torch = sys.modules.get("torch")
@@ -37,7 +38,7 @@ def record(**metrics: object) -> dict[str, object]:
     _RECORDED.update(_peak_memory())
     path = os.environ.get("COURSE_METRICS_FILE")
     if path:
-        from course_utils.paths import atomic_write
+        from course_utils.core.paths import atomic_write
 
         target = Path(path)
         existing = json.loads(target.read_text()) if target.exists() else {}

@@ -2,7 +2,7 @@
 
 The API, kept stable because several lessons call it::
 
-    from course_utils.llm import load_causal_lm
+    from course_utils.topics.llm import load_causal_lm
     model, tokenizer = load_causal_lm()                                  # Llama-3.1-8B-Instruct, pinned revision
     model, tokenizer = load_causal_lm(UNGATED_MODEL_ID)                  # Qwen2.5-7B-Instruct: no licence to accept
     model, tokenizer = load_causal_lm(smoke=True)                        # tiny Llama, built offline, same calls
@@ -38,10 +38,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from course_utils.errors import BadParameter, CourseError, MissingData
-from course_utils.paths import REPO_ROOT, atomic_dir, cache_dir, data_dir
+from course_utils.core.errors import BadParameter, CourseError, MissingData
+from course_utils.core.hub import (ModelAccessError, NotEnoughDisk, cached_gb, check_disk_space, explain_hub_error,  # noqa: F401
+                                   hf_cache_dir, hub_errors_explained)
+from course_utils.core.memory import GIB
+from course_utils.core.paths import REPO_ROOT, atomic_dir, cache_dir, data_dir
 
-GIB = 1024**3
 
 #: The course's default model (gated: accept Meta's licence on its hub page once, then log in).
 DEFAULT_MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
@@ -50,9 +52,10 @@ DEFAULT_REVISION = "0e9e39f249a16976918f6564b8830bc894c89659"
 UNGATED_MODEL_ID = "Qwen/Qwen2.5-7B-Instruct"
 UNGATED_REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
 PINNED_REVISIONS = {DEFAULT_MODEL_ID: DEFAULT_REVISION, UNGATED_MODEL_ID: UNGATED_REVISION}
+#: What a gated-model or token failure suggests instead.
+UNGATED_HINT = f"use the ungated load_causal_lm({UNGATED_MODEL_ID!r})"
 
 QUANTIZATIONS = ("4bit", "8bit", "16bit")
-DISK_MARGIN_GB = 2.0  # keep this much free after a download (temporary files, the rest of the system)
 
 #: Llama-3-style chat template (the tiny tokenizer uses it; the real models ship their own).
 CHAT_TEMPLATE = (
@@ -74,18 +77,6 @@ TINY_VOCAB_SIZE = 1024
 _TINY_SPEC_VERSION = "1"  # bump when the builder changes, so cached tiny models are rebuilt
 
 
-class ModelAccessError(MissingData):
-    """The model's files cannot be had: a gated model, a missing token, offline with nothing cached, a wrong id."""
-
-    kind = "model access"
-
-
-class NotEnoughDisk(CourseError):
-    """The download would not fit on the disk that holds the Hugging Face cache."""
-
-    kind = "not enough disk"
-
-
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -99,7 +90,7 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from course_utils.defaults import safe_defaults
+    from course_utils.core.defaults import safe_defaults
 
     defaults = safe_defaults("llm-inference")
     if quantization is None:
@@ -117,7 +108,7 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     # fp32, because CPU bf16 matrix products are ~4x slower than fp32 ones on a typical desktop CPU.
     dtype = defaults.torch_dtype if device == "cuda" else torch.bfloat16
     quant_config = quantization_config(quantization, dtype if device == "cuda" else torch.float32)
-    with hub_errors_explained(source):
+    with hub_errors_explained(source, alternative=UNGATED_HINT):
         config = AutoConfig.from_pretrained(source, revision=revision)  # one small file: fails fast if gated/offline
         if not Path(source).is_dir():
             check_disk_space(estimate_download_gb(config), hf_cache_dir(), what=source, already_gb=cached_gb(source))
@@ -152,124 +143,15 @@ def quantization_config(quantization: str, compute_dtype: Any = None) -> Any:
     raise BadParameter(f"quantization={quantization!r} is not one of {QUANTIZATIONS}.")
 
 
-# ------------------------------------------------------------------------------- hub errors, one sentence
-
-_SMOKE_HINT = "or run the lesson in smoke mode (SMOKE=1), which needs no download"
-_UNGATED_HINT = f"use the ungated load_causal_lm({UNGATED_MODEL_ID!r})"
-
-
-def explain_hub_error(err: BaseException, model_id: str, alternative: str | None = _UNGATED_HINT) -> ModelAccessError | None:
-    """Turn a hub/transformers/diffusers loading error into the course's one sentence (``None`` if it is something else).
-
-    ``alternative`` is what a gated or token failure suggests instead (by default the ungated LLM); None for models
-    that are not gated.
-    """
-    instead = f" — or {alternative}" if alternative else ""
-    from huggingface_hub import errors as hf_errors
-
-    chain: list[BaseException] = []
-    seen: BaseException | None = err
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    text = " ".join(str(e) for e in chain).lower()
-
-    def has(kind: type) -> bool:
-        return any(isinstance(e, kind) for e in chain)
-
-    def status(code: int) -> bool:
-        return any(getattr(getattr(e, "response", None), "status_code", None) == code for e in chain)
-
-    page = f"https://huggingface.co/{model_id}"
-    if has(hf_errors.GatedRepoError) or "gated repo" in text or "gated repository" in text:
-        return ModelAccessError(
-            f"{model_id} is a gated model: accept its licence at {page} (same account), then run "
-            f"`huggingface-cli login` or set HF_TOKEN{instead}, "
-            f"{_SMOKE_HINT}.")
-    if has(hf_errors.LocalTokenNotFoundError) or status(401) or ("401" in text and "unauthorized" in text):
-        return ModelAccessError(
-            f"The hub refused {model_id} without a valid token: run `huggingface-cli login` (or set HF_TOKEN) with an "
-            f"account that accepted the licence at {page}{instead}, {_SMOKE_HINT}.")
-    # transformers sometimes hides the hub error behind a plain OSError ("Can't load feature extractor for ...")
-    hidden = has(OSError) and not Path(model_id).exists() and ("can't load" in text or "correct path" in text)
-    if has(hf_errors.LocalEntryNotFoundError) or "couldn't connect" in text or "offline mode" in text or hidden:
-        return ModelAccessError(
-            f"{model_id} is not in the local Hugging Face cache and the hub cannot be reached (offline, or "
-            f"HF_HUB_OFFLINE=1): download it once on a connected machine (`huggingface-cli download {model_id}`), "
-            f"{_SMOKE_HINT}.")
-    if has(hf_errors.RevisionNotFoundError) or "not a valid git identifier" in text:
-        return ModelAccessError(
-            f"The pinned revision of {model_id} was not found on the hub: pass revision='main' (or a commit listed at "
-            f"{page}/commits/main), {_SMOKE_HINT}.")
-    if has(hf_errors.RepositoryNotFoundError) or "not a valid model identifier" in text:
-        return ModelAccessError(
-            f"{model_id!r} is neither a local folder nor a model on the hub: check the spelling (e.g. "
-            f"{DEFAULT_MODEL_ID!r}), log in if it is private, {_SMOKE_HINT}.")
-    return None
-
-
-@contextlib.contextmanager
-def hub_errors_explained(model_id: str, alternative: str | None = _UNGATED_HINT) -> Iterator[None]:
-    """``with hub_errors_explained(model_id): ...`` re-raises hub failures as one :class:`ModelAccessError`.
-
-    Used by every loader of hub weights in the course (LLMs, embedders, LLaVA, Stable Diffusion, Whisper).
-    """
-    try:
-        yield
-    except CourseError:
-        raise
-    except Exception as err:
-        explained = explain_hub_error(err, model_id, alternative)
-        if explained is None:
-            raise
-        raise explained from None
-
-
-# ------------------------------------------------------------------------------------------ disk space
-
-
-def hf_cache_dir() -> Path:
-    """Where the hub keeps downloads (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``)."""
-    from huggingface_hub import constants
-
-    return Path(constants.HF_HUB_CACHE)
-
-
 def estimate_download_gb(config: Any) -> float:
     """Size of a model's weight files in GiB, from its config: parameters x bytes of the stored dtype (16-bit)."""
-    from course_utils.memory import ModelShape
+    from course_utils.core.memory import ModelShape
 
     shape = ModelShape.from_hf_config(config.to_dict() if hasattr(config, "to_dict") else config)
     stored = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "bfloat16")
     bytes_per_param = 4 if "float32" in stored else 2
     return shape.n_params * bytes_per_param / GIB
 
-
-def cached_gb(model_id: str) -> float:
-    """How much of ``model_id`` is already in the hub cache (GiB), so a resumed download asks only for the rest."""
-    blobs = hf_cache_dir() / f"models--{model_id.replace('/', '--')}" / "blobs"
-    if not blobs.is_dir():
-        return 0.0
-    return sum(f.stat().st_size for f in blobs.iterdir() if f.is_file()) / GIB
-
-
-def check_disk_space(needed_gb: float, folder: str | os.PathLike[str], what: str = "the model",
-                     already_gb: float = 0.0, margin_gb: float = DISK_MARGIN_GB) -> float:
-    """Raise :class:`NotEnoughDisk` unless ``folder``'s disk has room for ``needed_gb`` (minus what is cached).
-
-    Returns the free space in GiB.
-    """
-    path = Path(folder)
-    while not path.exists() and path != path.parent:  # the cache folder may not exist yet: ask its disk
-        path = path.parent
-    free_gb = shutil.disk_usage(path).free / GIB
-    missing = max(0.0, needed_gb - already_gb)
-    if missing > 0.05 * needed_gb and missing + margin_gb > free_gb:
-        raise NotEnoughDisk(
-            f"Downloading {what} needs about {missing + margin_gb:.1f} GiB free in {folder} ({missing:.1f} GiB of "
-            f"weights + {margin_gb:.0f} GiB spare) but only {free_gb:.1f} GiB is free: free some space, or point HF_HOME "
-            f"at a bigger disk, {_SMOKE_HINT}.")
-    return free_gb
 
 
 # ------------------------------------------------------------------------------- the tiny offline model

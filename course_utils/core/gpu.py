@@ -10,9 +10,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from course_utils.errors import NeedsGPU
+from course_utils.core.errors import SMOKE_HINT, NeedsGPU
+from course_utils.core.memory import GIB
 
-GIB = 1024**3
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def require_gpu(min_vram_gb: float, why: str, report: GPUReport | None = None) -
     ``why`` names what needs the memory, e.g. ``"QLoRA on an 8B model at sequence 2048"``.
     """
     report = report or gpu_report()
-    smoke_hint = "Run this lesson in smoke mode instead (set SMOKE = True in the parameters cell, or SMOKE=1 in the environment)."
+    smoke_hint = SMOKE_HINT[0].upper() + SMOKE_HINT[1:] + "."
     if not report.cuda_available:
         raise NeedsGPU(f"Full mode needs a CUDA GPU with {min_vram_gb:g} GiB of VRAM for {why}, but PyTorch sees no GPU. {smoke_hint}")
     if report.total_vram_gb < min_vram_gb:

@@ -6,7 +6,7 @@ projector and the LM head in 16-bit. Smoke mode builds a tiny ``LlavaForConditio
 weights) with a processor made offline, saves both once under ``cache_dir()``, and loads them back with the *same*
 ``AutoProcessor`` / ``LlavaForConditionalGeneration.from_pretrained`` calls full mode makes::
 
-    from course_utils.vlm import load_llava, make_shape_vqa
+    from course_utils.topics.vlm import load_llava, make_shape_vqa
     model, processor = load_llava(smoke=True)
     train, test = make_shape_vqa(n_train=48, n_test=24, seed=0)
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from course_utils.errors import BadParameter, MissingData
+from course_utils.core.errors import BadParameter, MissingData
 
 LLAVA_ID = "llava-hf/llava-1.5-7b-hf"
 LLAVA_REVISION = "b234b804b114d9e37bb655e11cbbb5f5e971b7a9"  # pinned hub commit of llava-hf/llava-1.5-7b-hf
@@ -57,7 +57,7 @@ TINY_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 16 image tokens (the real mode
 def quantization_config(quantization: str | None, compute_dtype: Any = None) -> Any:
     """``llm.quantization_config`` (NF4 + double quantisation for ``"4bit"``) with the vision tower, the projector and
     the LM head kept in 16-bit. ``None`` or ``"16bit"``: no quantisation."""
-    from course_utils import llm
+    from course_utils.topics import llm
 
     config = llm.quantization_config("16bit" if quantization is None else quantization, compute_dtype)
     if config is not None:
@@ -82,7 +82,7 @@ def load_llava(
     import torch
     from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
 
-    from course_utils import llm
+    from course_utils.topics import llm
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
@@ -115,7 +115,7 @@ def load_llava(
 
 def tiny_llava_dir() -> Path:
     """The tiny LLaVA's folder (model + processor), built on first use under ``cache_dir()`` and reused."""
-    from course_utils.paths import cache_dir
+    from course_utils.core.paths import cache_dir
 
     folder = cache_dir("tiny-models") / f"tiny-llava-{TINY_VERSION}"
     if not (folder / "config.json").exists() or not (folder / "processor_config.json").exists():
@@ -135,8 +135,8 @@ def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
         CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor,
     )
 
-    from course_utils.llm import train_tiny_tokenizer
-    from course_utils.paths import atomic_dir
+    from course_utils.topics.llm import train_tiny_tokenizer
+    from course_utils.core.paths import atomic_dir
 
     tokenizer = train_tiny_tokenizer([_TOKENIZER_TEXT] * 4, vocab_size=384, extra_special_tokens=["<image>", "<pad>"],
                                      chat_template=LLAVA_CHAT_TEMPLATE)

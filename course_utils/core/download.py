@@ -1,0 +1,81 @@
+"""The course's one downloader and one hasher: a file appears only complete and with the checksum it should have.
+
+Every archive or weight file the course downloads (TinyShakespeare, MNIST, CIFAR-10, YOLO weights and data sets,
+caption sets) goes through :func:`download` with a pinned checksum; every file it checks goes through
+:func:`file_hash`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from course_utils.core.errors import SMOKE_HINT, MissingData
+from course_utils.core.paths import atomic_write
+
+_HASHES: dict[tuple[str, str, float, int], str] = {}
+
+
+class CorruptDownload(MissingData):
+    """A downloaded or local file is not the one the course pinned (a broken or tampered download)."""
+
+    kind = "corrupt download"
+
+
+def file_hash(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB blocks; memoised per path, size and modification time."""
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), algorithm, stat.st_mtime, stat.st_size)
+    if key not in _HASHES:
+        digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def download(url: str, dest: str | os.PathLike[str], sha256: str | None = None, md5: str | None = None,
+             timeout: float = 60.0) -> Path:
+    """Download ``url`` to ``dest`` and keep it only if its checksum matches (sha256, or md5 where only that is published).
+
+    The file appears only when complete (written to a temporary name first). A network failure raises
+    :class:`~course_utils.core.errors.MissingData` saying where to put the file by hand; a checksum mismatch leaves
+    nothing behind and raises :class:`CorruptDownload`.
+    """
+    import urllib.error
+    import urllib.request
+
+    if (sha256 is None) == (md5 is None):
+        raise ValueError("download() needs exactly one pinned checksum: sha256=... or md5=...")
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    dest = Path(dest)
+    digest = hashlib.new(algorithm, usedforsecurity=False) if algorithm == "md5" else hashlib.new(algorithm)
+    request = urllib.request.Request(url, headers={"User-Agent": "dl12gb-course"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response, atomic_write(dest) as out:
+            for chunk in iter(lambda: response.read(1 << 20), b""):
+                digest.update(chunk)
+                out.write(chunk)
+            if digest.hexdigest() != expected:
+                raise CorruptDownload(
+                    f"The download of {dest.name} from {url} is not the expected file ({algorithm} "
+                    f"{digest.hexdigest()[:12]}..., expected {str(expected)[:12]}...); nothing was saved. Run the cell "
+                    f"again to retry, or put a good copy at {dest} yourself.")
+    except (urllib.error.URLError, OSError) as err:
+        raise MissingData(f"Could not download {url} ({err}); put the file at {dest} yourself, or "
+                          f"{SMOKE_HINT}.") from None
+    return dest
+
+
+def verify(path: str | os.PathLike[str], sha256: str | None = None, md5: str | None = None) -> Path:
+    """Raise :class:`CorruptDownload` unless the file at ``path`` has the pinned checksum."""
+    algorithm, expected = ("sha256", sha256) if sha256 else ("md5", md5)
+    got = file_hash(path, algorithm)
+    if got != expected:
+        raise CorruptDownload(f"{path} is not the file the course pinned ({algorithm} {got[:12]}..., expected "
+                              f"{str(expected)[:12]}...): delete it so it is downloaded again, or replace it with a "
+                              f"good copy.")
+    return Path(path)

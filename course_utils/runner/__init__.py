@@ -1,0 +1,1 @@
+"""The instructor's runner (`course-run`): every lesson through papermill, targets checked, a report written."""
