@@ -1,12 +1,15 @@
-"""course_utils.topics.diffusion: the offline CLIP tokenizer, the tiny SD pipeline, the captioned data, LoRA round trips."""
+"""course_utils.topics.diffusion and course_utils.smoke.diffusion: the offline CLIP tokenizer, the tiny SD pipeline, the
+captioned folder (generated shapes as image + .txt pairs), LoRA round trips."""
 
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 
+from course_utils.smoke import diffusion as smoke_diffusion
 from course_utils.topics import diffusion
 from course_utils.core.errors import BadParameter, MissingData
 
@@ -21,7 +24,7 @@ SAMPLES = [
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    return diffusion.build_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
+    return smoke_diffusion.build_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"))
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +62,9 @@ def test_tiny_pipeline_is_sd15_shaped_and_cached(pipe):
     from diffusers import StableDiffusionPipeline
     from transformers import CLIPTokenizer
 
-    folder = diffusion.tiny_sd_folder()
+    folder = smoke_diffusion.tiny_sd_folder()
     assert (folder / "model_index.json").exists()
-    assert diffusion.tiny_sd_folder() == folder  # built once, then reused
+    assert smoke_diffusion.tiny_sd_folder() == folder  # built once, then reused
     index = json.loads((folder / "model_index.json").read_text())
     assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
     assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.tokenizer, CLIPTokenizer)
@@ -79,23 +82,25 @@ def test_full_mode_offline_says_what_to_do():
     with pytest.raises(MissingData, match="smoke mode"):
         diffusion.load_sd_pipeline(False, device="cpu")
     with pytest.raises(MissingData, match="DATA_DIR"):
-        diffusion.load_captioned_images(None, smoke=False, n=4)
+        diffusion.caption_folder(None, smoke=False, n=4)
 
 
 def test_shapes_are_deterministic():
-    a, b = diffusion.make_shapes_dataset(12, 32, seed=3), diffusion.make_shapes_dataset(12, 32, seed=3)
+    a, b = smoke_diffusion.make_shapes_dataset(12, 32, seed=3), smoke_diffusion.make_shapes_dataset(12, 32, seed=3)
     assert [x.caption for x in a] == [x.caption for x in b]
     assert all(np.array_equal(np.asarray(x.image), np.asarray(y.image)) for x, y in zip(a, b))
-    c = diffusion.make_shapes_dataset(12, 32, seed=4)
+    c = smoke_diffusion.make_shapes_dataset(12, 32, seed=4)
     assert [x.caption for x in a] != [x.caption for x in c]
-    images, captions = diffusion.load_captioned_images(None, smoke=True, n=12, size=32, seed=3)
-    assert captions == [x.caption for x in a] and all(im.size == (32, 32) and im.mode == "RGB" for im in images)
+    folder = diffusion.caption_folder(None, smoke=True, n=12, size=32, seed=3)
+    assert diffusion.caption_folder(None, smoke=True, n=12, size=32, seed=3) == folder, "written once, then reused"
+    captions = [t.read_text().strip() for t in sorted(folder.glob("*.txt"))]
+    assert captions == [x.caption for x in a] and len(list(folder.glob("*.png"))) == 12
 
 
 @pytest.mark.parametrize("size", [32, 64, 512])
 def test_captions_match_the_drawn_content(size):
     expected_fill = {"circle": (0.70, 0.86), "square": (0.97, 1.0), "triangle": (0.40, 0.62)}
-    for item in diffusion.make_shapes_dataset(30, size, seed=1):
+    for item in smoke_diffusion.make_shapes_dataset(30, size, seed=1):
         a, b = ("an" if w[0] in "aeiou" else "a" for w in (item.color, item.background))
         assert item.caption == f"{a} {item.color} {item.shape} on {b} {item.background} background"
         pixels = np.asarray(item.image)
@@ -103,9 +108,9 @@ def test_captions_match_the_drawn_content(size):
         x0, y0, x1, y1 = item.box
         assert 0 <= x0 < x1 < size and 0 <= y0 < y1 < size, "the shape must lie inside the image"
         codes = np.unique((pixels[..., 0].astype(np.int64) << 16) | (pixels[..., 1].astype(np.int64) << 8) | pixels[..., 2])
-        named = {(r << 16) | (g << 8) | b for r, g, b in (diffusion.COLORS[item.color], diffusion.COLORS[item.background])}
+        named = {(r << 16) | (g << 8) | b for r, g, b in (smoke_diffusion.COLORS[item.color], smoke_diffusion.COLORS[item.background])}
         assert set(codes.tolist()) == named, "exactly the two named colours"
-        is_shape = np.all(pixels == diffusion.COLORS[item.color], axis=-1)
+        is_shape = np.all(pixels == smoke_diffusion.COLORS[item.color], axis=-1)
         ys, xs = np.nonzero(is_shape)
         assert xs.min() >= x0 and xs.max() <= x1 and ys.min() >= y0 and ys.max() <= y1, "shape pixels stay in its box"
         fill = is_shape[y0 : y1 + 1, x0 : x1 + 1].mean()
@@ -114,42 +119,15 @@ def test_captions_match_the_drawn_content(size):
         assert is_shape[(y0 + y1) // 2 + (y1 - y0) // 4, (x0 + x1) // 2], "the shape's centre area has the shape's colour"
 
 
-def test_folder_with_sidecars_and_metadata(tmp_path):
-    items = diffusion.make_shapes_dataset(4, 32, seed=0)
-    sidecars = tmp_path / "sidecars"
-    sidecars.mkdir()
-    for i, item in enumerate(items):
-        item.image.save(sidecars / f"{i}.png")
-        (sidecars / f"{i}.txt").write_text(item.caption + "\n")
-    images, captions = diffusion.load_captioned_images(sidecars)
-    assert captions == [it.caption for it in items] and len(images) == 4
-
-    meta = tmp_path / "meta"
-    (meta / "sub").mkdir(parents=True)
-    rows = []
-    for i, item in enumerate(items[:3]):
-        item.image.save(meta / "sub" / f"{i}.jpg")
-        rows.append(json.dumps({"file_name": f"sub/{i}.jpg", "text": item.caption}))
-    (meta / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    images, captions = diffusion.load_captioned_images(meta, n=2)
-    assert captions == [it.caption for it in items[:2]] and all(im.mode == "RGB" for im in images)
-
-
-def test_folder_errors_say_what_to_do(tmp_path):
+def test_caption_folder_returns_the_learners_folder_or_says_what_to_do(tmp_path):
     with pytest.raises(MissingData, match="does not exist"):
-        diffusion.load_captioned_images(tmp_path / "nowhere")
-    items = diffusion.make_shapes_dataset(3, 32)
-    for i, item in enumerate(items):
-        item.image.save(tmp_path / f"{i}.png")
-    with pytest.raises(MissingData, match="no caption"):
-        diffusion.load_captioned_images(tmp_path)
-    for i, item in enumerate(items[:2]):
-        (tmp_path / f"{i}.txt").write_text(item.caption)
-    (tmp_path / "2.png").unlink()
-    with pytest.raises(BadParameter, match="at least 3"):
-        diffusion.load_captioned_images(tmp_path)
+        diffusion.caption_folder(tmp_path / "nowhere", smoke=True)
+    assert diffusion.caption_folder(tmp_path, smoke=True) == tmp_path, "DATA_DIR wins over the generated set"
     with pytest.raises(BadParameter):
-        diffusion.make_shapes_dataset(0, 32)
+        smoke_diffusion.make_shapes_dataset(0, 32)
+    assert re.fullmatch(r"[0-9a-f]{40}", diffusion.CAPTION_DATASET_REVISION), "the default caption set is pinned"
+    with pytest.raises(BadParameter, match="not pinned"):  # before any download
+        diffusion.caption_folder(None, smoke=False, n=4, revision="main")
 
 
 def test_lora_save_reload_changes_output_and_unload_restores_base(pipe, tmp_path):
@@ -194,8 +172,11 @@ def test_lora_save_reload_changes_output_and_unload_restores_base(pipe, tmp_path
 
 
 def test_write_captioned_folder_round_trips(tmp_path):
-    folder = diffusion.write_captioned_folder(tmp_path / "shapes", n=5, size=64, seed=2)
-    images, captions = diffusion.load_captioned_images(folder)
-    expected = diffusion.make_shapes_dataset(5, 64, seed=2)
+    from PIL import Image
+
+    folder = smoke_diffusion.write_captioned_folder(tmp_path / "shapes", n=5, size=64, seed=2)
+    images = [Image.open(p).convert("RGB") for p in sorted(folder.glob("*.png"))]
+    captions = [p.with_suffix(".txt").read_text(encoding="utf-8").strip() for p in sorted(folder.glob("*.png"))]
+    expected = smoke_diffusion.make_shapes_dataset(5, 64, seed=2)
     assert captions == [it.caption for it in expected]
     assert all(np.array_equal(np.asarray(a), np.asarray(b.image)) for a, b in zip(images, expected)), "PNG is lossless"

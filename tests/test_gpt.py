@@ -1,4 +1,4 @@
-"""Lesson 04's model (course_utils/gpt.py) and data (course_utils/text_data.py).
+"""Lesson 04's model (course_utils/topics/gpt.py) and data (course_utils/topics/text_data.py).
 
 The KV cache must not change a single token; training must lower the loss; weight tying must share storage; the
 tokenizer must round-trip; the data loader must fail with a course error that says what to do.
@@ -73,10 +73,12 @@ def test_position_schemes_differ_and_rope_is_relative():
     with torch.no_grad():
         rope, alibi = (tiny_model(p)(x)[0] for p in POSITIONS)
     assert not torch.allclose(rope, alibi), "the position scheme should change the model's output"
-    cos, sin = rope_tables(8, 64)
+    rot = rope_tables(8, 64)
     q, k = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
-    score = lambda m, n: apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])  # noqa: E731
+    score = lambda m, n: apply_rope(q, rot[m]) @ apply_rope(k, rot[n])  # noqa: E731
     torch.testing.assert_close(score(7, 3), score(50, 46))
+    assert not torch.allclose(score(7, 3), score(7, 4)), "a different distance must give a different score"
+    torch.testing.assert_close(apply_rope(q, rot[9]).norm(), q.norm())
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -169,3 +171,63 @@ def test_download_failure_is_a_course_error(tmp_path, monkeypatch):
     with pytest.raises(cu.MissingData) as err:
         text_data.load_tinyshakespeare(tmp_path, download=True)
     assert str(tmp_path / "tinyshakespeare" / "input.txt") in str(err.value) and "SMOKE" in str(err.value)
+
+
+# --- RoPE and the masks, as the lesson shows them ----------------------------------------------------------------
+
+def _textbook_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
+    """Rotate channel pairs (x[2j], x[2j+1]) by position * base^(-2j/d) with real sines and cosines."""
+    d = x.shape[-1]
+    angle = positions[:, None].float() * base ** (-torch.arange(0, d, 2).float() / d)  # (T, d/2)
+    x0, x1 = x[..., 0::2], x[..., 1::2]
+    out = torch.stack([x0 * angle.cos() - x1 * angle.sin(), x0 * angle.sin() + x1 * angle.cos()], dim=-1)
+    return out.flatten(-2)
+
+
+def test_rope_is_the_textbook_rotation_and_its_gradient_rotates_back():
+    T, d = 12, 8
+    rot = rope_tables(d, 32)
+    x = torch.randn(2, 3, T, d, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    ref_x = x.detach().clone().requires_grad_(True)
+    out, ref = apply_rope(x, rot[:T]), _textbook_rope(ref_x, torch.arange(T))
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn_like(out)
+    out.backward(upstream)
+    ref.backward(upstream)
+    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-5, rtol=1e-5)  # the hand-written backward is right
+    # a non-contiguous input (the model rotates a slice of the fused q/k/v tensor) gives the same numbers
+    wide = torch.randn(2, T, 3, 3, d, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(apply_rope(wide[:, :, :2], rot[:T, None, None]),
+                               apply_rope(wide[:, :, :2].contiguous(), rot[:T, None, None]))
+
+
+def test_masks_are_built_once_and_sliced():
+    rope, alibi = tiny_model("rope"), tiny_model("alibi")
+    assert rope.attention_mask(0, 32) is None, "a plain causal pass uses SDPA's is_causal, no mask tensor"
+    piece = rope.attention_mask(5, 3)
+    assert piece.shape == (3, 8) and piece.data_ptr() >= rope.causal.data_ptr(), "a view of the stored causal mask"
+    assert piece[0].tolist() == [True] * 6 + [False] * 2, "query at position 5 sees keys 0..5"
+    bias = alibi.attention_mask(0, 4)
+    assert bias.shape == (2, 4, 4) and torch.isinf(bias[0, 0, 1]) and bias[0, 0, 0] == 0
+    assert bias[0, 3, 0] == pytest.approx(-3 * alibi.alibi_slopes[0].item()), "ALiBi: -slope x distance"
+
+
+def test_the_models_fast_rope_path_has_the_textbook_values_and_gradients():
+    """CausalSelfAttention splits the fused q/k/v projections and rotates q and k in one autograd.Function with a
+    hand-written backward; it must agree with the textbook rotation differentiated by autograd."""
+    from course_utils.topics.gpt import _HeadsWithRope
+
+    B, T, H, D = 2, 10, 3, 8
+    rot = rope_tables(D, 16)[:T]
+    qkv = torch.randn(B, T, 3, H, D, generator=torch.Generator().manual_seed(2), requires_grad=True)
+    ref_qkv = qkv.detach().clone().requires_grad_(True)
+    q, k, v = _HeadsWithRope.apply(qkv, rot)
+    pos = torch.arange(T)
+    ref = [_textbook_rope(ref_qkv[:, :, 0].transpose(1, 2), pos), _textbook_rope(ref_qkv[:, :, 1].transpose(1, 2), pos),
+           ref_qkv[:, :, 2].transpose(1, 2)]
+    weights = [torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(3 + i)) for i in range(3)]
+    for ours, theirs in zip((q, k, v), ref):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    sum((w * t).sum() for w, t in zip(weights, (q, k, v))).backward()
+    sum((w * t).sum() for w, t in zip(weights, ref)).backward()
+    torch.testing.assert_close(qkv.grad, ref_qkv.grad, atol=1e-5, rtol=1e-5)

@@ -1,4 +1,5 @@
-"""course_utils.topics.llm: one-sentence hub errors, the disk check, and the tiny offline Llama (built once, 4-bit, chats)."""
+"""course_utils.topics.llm (one-sentence hub errors, the disk check, the loader) and course_utils.smoke.llm (the tiny
+offline Llama: built once, 4-bit, chats)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections import namedtuple
 
 import pytest
 
+from course_utils.smoke import llm as smoke_llm
 from course_utils.topics import llm
 from course_utils.core.errors import CourseError, MissingData
 
@@ -119,15 +121,15 @@ def test_disk_check_runs_before_the_download(monkeypatch):
 
 
 def test_tiny_model_builds_once_and_is_cached(tiny_cache, monkeypatch):
-    folder = llm.tiny_llm_dir()
+    folder = smoke_llm.tiny_llm_dir()
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
         assert (folder / name).is_file(), f"{name} missing from the tiny model folder"
 
     def must_not_rebuild(*args, **kwargs):
         raise AssertionError("tiny_llm_dir() rebuilt a model that was already cached")
 
-    monkeypatch.setattr(llm, "build_tiny_llm", must_not_rebuild)
-    assert llm.tiny_llm_dir() == folder
+    monkeypatch.setattr(smoke_llm, "build_tiny_llm", must_not_rebuild)
+    assert smoke_llm.tiny_llm_dir() == folder
 
 
 def test_tiny_model_loads_in_4bit_chats_and_generates(tiny_cache):
@@ -157,7 +159,7 @@ def test_tiny_model_loads_in_4bit_chats_and_generates(tiny_cache):
 
 
 def test_tokenizer_round_trips_any_text_and_takes_extra_tokens():
-    tokenizer = llm.train_tiny_tokenizer(["a small corpus about GPUs and memory"] * 5, vocab_size=300,
+    tokenizer = smoke_llm.train_tiny_tokenizer(["a small corpus about GPUs and memory"] * 5, vocab_size=300,
                                          extra_special_tokens=["<image>"])
     text = "Ünïcödé ✓ 12 GB — {\"x\": 1}"
     ids = tokenizer(text, add_special_tokens=False).input_ids
@@ -185,3 +187,50 @@ def test_run_notes_data_set_is_the_generators_output_and_well_formed():
     for row in train + dev:
         answer = json.loads(row["messages"][2]["content"])
         assert list(answer) == list(generator.KEYS) and answer["method"] in ("qlora", "lora", "full")
+
+
+def test_loader_takes_the_config_object_a_lesson_builds(tiny_cache):
+    """Lesson 06 writes its BitsAndBytesConfig in a cell and passes it in: the loader must use it as given."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=False,
+                                bnb_4bit_compute_dtype=torch.float32)
+    model, tokenizer = llm.load_causal_lm(smoke=True, quantization=config, device="cpu")
+    layer = model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear4bit" and layer.weight.quant_state.quant_type == "fp4", "the given config was not used"
+    assert tokenizer.pad_token is not None
+    with pytest.raises(CourseError, match="BitsAndBytesConfig"):
+        llm.load_causal_lm(smoke=True, quantization=4, device="cpu")
+
+
+def test_topics_module_keeps_loaders_only():
+    """The tiny builders live in course_utils.smoke.llm, not also in topics (one name per idea)."""
+    for name in ("build_tiny_llm", "tiny_llm_dir", "train_tiny_tokenizer", "TINY_LLAMA_CONFIG"):
+        assert hasattr(smoke_llm, name) and not hasattr(llm, name), f"{name} should live in course_utils.smoke.llm only"
+
+
+def test_lesson_vram_budgets_follow_the_estimator():
+    """Lessons 05 and 06 state a VRAM budget (metadata and title table): it is the estimator's figure for their
+    largest setting, rounded up by less than 1 GiB — so a change to the estimator shows up here."""
+    import json
+    import math
+
+    import course_utils as cu
+    from course_utils.core.memory import LLAMA_3_1_8B
+    from course_utils.core.paths import REPO_ROOT
+
+    plans = {
+        "05_llm_inference_4bit": cu.estimate_inference_vram(LLAMA_3_1_8B, bits=4, seq_len=8192),  # its largest context
+        "06_qlora_finetune_8b": cu.estimate_training_vram(LLAMA_3_1_8B, "qlora", seq_len=2048, batch_size=1,
+                                                          optimizer="paged_adamw_8bit", lora_rank=16),
+    }
+    for stem, plan in plans.items():
+        notebook = json.loads((REPO_ROOT / "notebooks" / f"{stem}.ipynb").read_text())
+        budget = notebook["metadata"]["course"]["vram_gb"]
+        assert budget == math.ceil(plan.total_gb), f"{stem}: vram_gb {budget} but the estimator says {plan.total_gb:.2f} GiB"
+        title = "".join(notebook["cells"][0]["source"])
+        assert f"{plan.total_gb:.1f} GiB" in title and f"≤ {budget} GiB" in title, f"{stem}: the title table's budget is stale"
+        for name, (op, value, *_) in notebook["metadata"]["course"]["targets"]["full"].items():
+            if name.endswith("vram_gb"):
+                assert op == "<=" and value <= budget < cu.REFERENCE_CARD_GB, f"{stem}: {name} target above the budget"

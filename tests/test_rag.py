@@ -1,58 +1,35 @@
-"""course_utils.topics.rag: ingest, chunking, retrieval, fusion, metrics, citations, and the shipped notes + questions."""
+"""course_utils.topics.rag (lesson 07's plumbing) and the shipped notes, questions and gold answers.
+
+The algorithm (chunking, BM25, dense search, fusion, reranking, prompt, answer scoring) lives in the lesson's cells
+and is checked there and in tests/test_recipes_rag.py; here: reading notes, the question set, gold-chunk lookup, the
+bundled embedder's checksum and the reranker loaders.
+"""
 
 from __future__ import annotations
 
 import json
 import re
+from collections import namedtuple
 
 import nbformat
 import pytest
 
-from course_utils.topics import rag
 from course_utils.core.errors import BadParameter, CourseError, MissingData
+from course_utils.topics import rag
 
-PROSE = ("Alpha one is the first sentence here. Beta two follows it closely. Gamma three adds a third idea. "
-         "Delta four keeps going on. Epsilon five is nearly the end. Zeta six closes the paragraph.")
-
-
-# ----------------------------------------------------------------------------------------------- chunking
+Chunk = namedtuple("Chunk", "id source heading text")  # what the lesson's chunks look like to the plumbing
 
 
-def test_chunks_respect_size_and_keep_sentences_whole():
-    sentences = re.split(r"(?<=\.) ", PROSE)
-    chunks = rag.chunk_text(PROSE, chunk_chars=80, overlap_chars=40)
-    assert len(chunks) > 2 and all(len(c) <= 80 for c in chunks)
-    for sentence in sentences:
-        assert any(sentence in c for c in chunks), f"sentence cut in two: {sentence!r}"
+def sections(text: str) -> dict[str, str]:
+    """'## heading' -> its text, for the data checks below (headings are plain in the shipped notes)."""
+    parts = re.split(r"^## (.+)$", text, flags=re.M)
+    return {parts[i].strip(): parts[i + 1] for i in range(1, len(parts) - 1, 2)}
 
 
-def test_overlap_repeats_the_last_sentences_of_the_previous_chunk():
-    chunks = rag.chunk_text(PROSE, chunk_chars=80, overlap_chars=40)
-    for a, b in zip(chunks, chunks[1:]):
-        first = re.split(r"(?<=\.) ", b)[0]
-        assert a.endswith(first), f"chunk {b!r} should start with the end of {a!r}"
-    no_overlap = rag.chunk_text(PROSE, chunk_chars=80, overlap_chars=0)
-    assert sum(map(len, no_overlap)) < sum(map(len, chunks))
-    assert all(not a.endswith(re.split(r"(?<=\.) ", b)[0]) for a, b in zip(no_overlap, no_overlap[1:]))
-
-
-def test_code_blocks_keep_their_lines():
-    body = "Some prose here.\n\n```python\nx = 1\ny = 2\n```"
-    (chunk,) = rag.chunk_text(body, chunk_chars=200, overlap_chars=20)
-    assert "```python\nx = 1\ny = 2\n```" in chunk
-
-
-@pytest.mark.parametrize("size, overlap", [(100, 100), (100, 150), (0, 0), (100, -1)])
-def test_bad_chunk_parameters_are_a_course_error(size, overlap):
-    with pytest.raises(BadParameter, match="CHUNK_CHARS"):
-        rag.chunk_text(PROSE, size, overlap)
-
-
-def test_sections_follow_headings_but_not_comments_in_code():
-    text = "# Title\nintro\n## Part A\ntext a\n```python\n# a comment, not a heading\n```\n### Deep\ndeep text\n## Part B\ntext b"
-    sections = dict(rag.split_sections(text))
-    assert list(sections) == ["Title", "Title > Part A", "Title > Part A > Deep", "Title > Part B"]
-    assert "# a comment, not a heading" in sections["Title > Part A"]
+def normalize(text: str) -> str:
+    """The lesson's answer normalisation (lower case, digits and letters split, punctuation out)."""
+    text = re.sub(r"(?<=[0-9])(?=[a-z])|(?<=[a-z])(?=[0-9])", " ", text.lower())
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
 
 
 # ------------------------------------------------------------------------------------------------- ingest
@@ -79,33 +56,53 @@ def test_missing_or_empty_notes_folder_says_what_to_do(tmp_path):
         rag.load_documents(tmp_path)
 
 
-# ------------------------------------------------------------------------------- the shipped notes + questions
+def test_the_course_notes_are_twenty_files_with_sections():
+    docs = rag.load_documents()
+    assert len(docs) == 20 and all(d.source.endswith(".md") for d in docs)
+    assert all(len(sections(d.text)) >= 3 for d in docs), "every note has a few '## ' sections"
+
+
+# ------------------------------------------------------------------------------------------ question set
 
 
 @pytest.fixture(scope="module")
-def corpus():
-    chunks = rag.chunk_documents(rag.load_documents(), 600, 150)
-    questions = rag.load_questions()
-    return chunks, questions, rag.check_questions(questions, chunks)
+def questions():
+    return rag.load_questions()
 
 
-def test_shipped_questions_point_at_real_passages(corpus):
-    chunks, questions, gold = corpus
-    assert 20 <= len(questions) <= 60
-    assert len({q.id for q in questions}) == len(questions), "question ids must be unique"
+def test_shipped_questions_point_at_real_passages(questions):
+    answerable = [q for q in questions if q.answerable]
+    unanswerable = [q for q in questions if not q.answerable]
+    assert len(answerable) == 50 and len(unanswerable) >= 8
     notes = rag.notes_dir()
-    for q in questions:
+    for q in answerable:
         text = (notes / q.source).read_text()
         assert q.passage in text, f"{q.id}: passage not in {q.source}"
-        assert f"## {q.heading}\n" in text, f"{q.id}: heading {q.heading!r} not in {q.source}"
-        assert any(q.passage in chunks[i].text for i in gold[q.id]), f"{q.id}: the default chunking cuts its passage"
+        assert q.heading in sections(text), f"{q.id}: heading {q.heading!r} not in {q.source}"
+        assert q.passage in sections(text)[q.heading], f"{q.id}: passage is not under '## {q.heading}'"
 
 
-def test_questions_about_missing_files_are_a_course_error(corpus):
-    chunks, questions, _ = corpus
-    stray = rag.Question("x1", "?", "not_there.md", "Nowhere", "nothing")
-    with pytest.raises(BadParameter, match="QUESTIONS_FILE"):
-        rag.check_questions([*questions, stray], chunks)
+def test_every_key_fact_is_stated_in_the_gold_section_and_the_gold_answer(questions):
+    """A key fact nobody could read in the notes would make the answer metrics unfair."""
+    for q in (q for q in questions if q.answerable):
+        section = f" {normalize(sections((rag.notes_dir() / q.source).read_text())[q.heading])} "
+        for fact in q.key_facts:
+            options = [f" {normalize(o)} " for o in fact.split("|")]
+            assert any(o in section for o in options), f"{q.id}: key fact {fact!r} is not in its gold section"
+            assert any(o in f" {normalize(q.answer)} " for o in options), f"{q.id}: the gold answer lacks {fact!r}"
+
+
+def test_unanswerable_questions_have_no_source_and_the_refusal_as_answer(questions):
+    for q in (q for q in questions if not q.answerable):
+        assert not (q.source or q.passage or q.key_facts), f"{q.id}: an unanswerable question has no gold passage"
+        assert q.answer == "The notes do not say.", f"{q.id}: its gold answer is the lesson's refusal phrase"
+
+
+def test_dev_questions_are_separate_from_the_test_questions(questions):
+    dev = rag.load_questions(dev=True)
+    assert {q.answerable for q in dev} == {True, False}, "the dev set calibrates a threshold: it needs both kinds"
+    assert not {q.id for q in dev} & {q.id for q in questions}
+    assert not {q.question for q in dev} & {q.question for q in questions}, "a dev question is also a test question"
 
 
 def test_bad_question_file_names_the_line(tmp_path):
@@ -113,64 +110,34 @@ def test_bad_question_file_names_the_line(tmp_path):
     path.write_text(json.dumps({"id": "a", "question": "?"}) + "\n")
     with pytest.raises(BadParameter, match="line 1"):
         rag.load_questions(path)
+    path.write_text(json.dumps({"id": "a", "question": "?", "answer": "x", "source": "s", "heading": "h",
+                                "passage": "p", "key_facts": []}) + "\n")
+    with pytest.raises(BadParameter, match="key_facts"):
+        rag.load_questions(path)
+    path.write_text(json.dumps({"id": "a", "question": "?", "answer": "no", "answerable": False}) + "\n"
+                    + json.dumps({"id": "a", "question": "??", "answer": "no", "answerable": False}) + "\n")
+    with pytest.raises(BadParameter, match="unique"):
+        rag.load_questions(path)
     with pytest.raises(MissingData, match="QUESTIONS_FILE"):
         rag.load_questions(tmp_path / "none.jsonl")
 
 
-def test_relevance_falls_back_to_the_heading_when_a_passage_is_cut():
-    chunks = [rag.Chunk("a.md#0", "a.md", "T > Part", "first half of the pass"),
-              rag.Chunk("a.md#1", "a.md", "T > Part", "age and the rest"),
-              rag.Chunk("a.md#2", "a.md", "T > Other", "unrelated")]
-    q = rag.Question("q", "?", "a.md", "Part", "the passage and the rest")
-    assert rag.relevant_chunks(q, chunks) == {0, 1}
-
-
-def test_bm25_finds_an_exact_error_string(corpus):
-    chunks, _, _ = corpus
-    (top, score), *_ = rag.BM25Index(chunks).search("CUBLAS_STATUS_NOT_SUPPORTED", 3)
-    assert chunks[top].source == "lab_journal.md" and score > 0
-
-
-# ------------------------------------------------------------------------------------------ fusion, metrics
-
-
-def test_reciprocal_rank_fusion_matches_the_formula():
-    fused = dict(rag.reciprocal_rank_fusion([[7, 3, 5], [3, 9, 7]], k=60))
-    assert fused[3] == pytest.approx(1 / 62 + 1 / 61)
-    assert fused[7] == pytest.approx(1 / 61 + 1 / 63)
-    assert fused[9] == pytest.approx(1 / 62)
-    assert rag.reciprocal_rank_fusion([[7, 3, 5], [3, 9, 7]])[0][0] == 3
-
-
-def test_recall_and_mrr_on_known_ranks():
-    metrics = rag.retrieval_metrics([1, 2, None, 4], ks=(1, 3, 5))
-    assert metrics == pytest.approx({"recall@1": 0.25, "recall@3": 0.5, "recall@5": 0.75, "MRR": (1 + 1 / 2 + 1 / 4) / 4})
-    assert rag.first_relevant_rank([5, 9, 2], {2, 9}) == 2
-    with pytest.raises(BadParameter):
-        rag.retrieval_metrics([])
-
-
-# ----------------------------------------------------------------------------------------------- citations
-
-
-def test_citations_are_parsed_and_mapped_to_chunks():
-    assert rag.extract_citations("A [2], b [1, 3] and [2] again [Source 4]; not [x] or [].") == [2, 1, 3, 4]
-    chunks = [rag.Chunk(f"f.md#{n}", "f.md", "H", f"text {n}") for n in range(5)]
-    context = [4, 0, 2]  # the prompt's sources [1], [2], [3]
-    right = rag.check_citations("Yes [2].", context, chunks, relevant={0})
-    assert right.cites_right_chunk and right.cited_chunk_ids == ("f.md#0",) and right.context_has_answer
-    wrong = rag.check_citations("Yes [1] [7].", context, chunks, relevant={0})
-    assert not wrong.cites_right_chunk and wrong.invalid == 1 and wrong.valid == (1,)
-    missed = rag.check_citations("No citation.", [4, 2], chunks, relevant={0})
-    assert not missed.context_has_answer and missed.cited == ()
-
-
-def test_prompt_numbers_the_sources_and_shows_where_they_come_from():
-    chunks = [rag.Chunk("f.md#0", "f.md", "T > H", "alpha"), rag.Chunk("g.md#3", "g.md", "U", "beta")]
-    system, user = rag.build_messages("why?", chunks)
-    assert system["role"] == "system" and "[1]" in system["content"]
-    assert "[1] f.md — T > H\nalpha" in user["content"] and "[2] g.md — U\nbeta" in user["content"]
-    assert user["content"].rstrip().endswith("Answer with citations:") and "Question: why?" in user["content"]
+def test_gold_chunks_hold_the_passage_and_fall_back_to_the_heading():
+    chunks = [Chunk("a.md#0", "a.md", "T > Part", "first half of the pass"),
+              Chunk("a.md#1", "a.md", "T > Part", "age and the rest"),
+              Chunk("a.md#2", "a.md", "T > Other", "the passage   and the REST, whole"),
+              Chunk("b.md#0", "b.md", "T > Part", "the passage and the rest")]
+    whole = rag.Question("q", "?", "x", source="a.md", heading="Part", passage="the passage and the rest",
+                         key_facts=("x",))
+    assert rag.relevant_chunks(whole, chunks) == {2}, "whitespace and case do not matter; other files do not count"
+    cut = rag.Question("q", "?", "x", source="a.md", heading="Part", passage="the passage that was cut in two",
+                       key_facts=("x",))
+    assert rag.relevant_chunks(cut, chunks) == {0, 1}
+    none = rag.Question("u", "?", "The notes do not say.", answerable=False)
+    assert rag.gold_chunks([whole, none], chunks) == {"q": {2}, "u": set()}
+    stray = rag.Question("x1", "?", "x", source="not_there.md", heading="Nowhere", passage="nothing", key_facts=("x",))
+    with pytest.raises(BadParameter, match="QUESTIONS_FILE"):
+        rag.gold_chunks([whole, stray], chunks)
 
 
 # ------------------------------------------------------------------------------------------------- models
@@ -191,32 +158,15 @@ def test_bundled_embedder_is_the_hubs_file(monkeypatch):
         rag.bundled_embedder_path()
 
 
-@pytest.fixture(scope="module")
-def dense(corpus):
-    chunks, _, _ = corpus
-    return rag.DenseIndex(chunks, rag.load_embedder(device="cpu"))
+def test_tiny_reranker_is_a_cross_encoder_that_says_it_is_random(tiny_cache):
+    from course_utils.smoke.rag import tiny_cross_encoder_dir
 
-
-def test_dense_retrieval_matches_meaning_not_words(corpus, dense):
-    chunks, questions, gold = corpus
-    top, _ = dense.search("running out of VRAM", 1)[0]
-    assert chunks[top].source == "out_of_memory.md"
-    bm25_metrics, _ = rag.evaluate_retriever(rag.BM25Index(chunks), questions, gold)
-    dense_metrics, _ = rag.evaluate_retriever(dense, questions, gold)
-    hybrid_metrics, _ = rag.evaluate_retriever(rag.HybridIndex(rag.BM25Index(chunks), dense), questions, gold)
-    # measured on the shipped set: BM25 MRR 0.83, dense 0.91, hybrid recall@5 1.00
-    assert dense_metrics["MRR"] > bm25_metrics["MRR"]
-    assert hybrid_metrics["recall@5"] >= max(bm25_metrics["recall@5"], 0.95)
-
-
-def test_tiny_reranker_reorders_candidates_and_says_it_is_random(corpus, dense):
-    chunks, _, _ = corpus
     cross_encoder = rag.load_reranker(smoke=True, device="cpu")
     assert rag.is_random_reranker(cross_encoder)
-    first = rag.HybridIndex(rag.BM25Index(chunks), dense)
-    hits = rag.Reranked(first, cross_encoder, chunks, candidates=10).search("what is NF4?", 10)
-    assert {i for i, _ in hits} == {i for i, _ in first.search("what is NF4?", 10)}
-    assert [s for _, s in hits] == sorted((s for _, s in hits), reverse=True)
+    assert tiny_cross_encoder_dir() == tiny_cross_encoder_dir(), "built once, then reused"
+    scores = cross_encoder.predict([("what is NF4?", "NF4 is a 4-bit type"), ("what is NF4?", "cats")],
+                                   show_progress_bar=False)
+    assert len(scores) == 2 and scores[0] != scores[1], "one score per (question, passage) pair"
 
 
 @pytest.mark.parametrize("load", [lambda: rag.load_reranker(device="cpu"),

@@ -52,7 +52,28 @@ def test_readme_gives_the_two_commands_and_the_lesson_table():
 def test_make_lab_binds_loopback_with_a_token():
     recipe = subprocess.run(["make", "-n", "lab"], cwd=ROOT, capture_output=True, text=True).stdout
     assert "--ip=127.0.0.1" in recipe and "0.0.0.0" not in recipe
-    assert "--IdentityProvider.token=" in recipe and 'token=""' not in recipe
+    # the token goes through the environment, never the command line (`ps` shows command lines to every user)
+    assert 'JUPYTER_TOKEN="$TOKEN"' in recipe and "--IdentityProvider.token" not in recipe and "token=\"\"" not in recipe
+    # rooted at the repository so lesson links to ../course_utils/... open; starts on notebooks/
+    assert "--ServerApp.root_dir=." in recipe and "--LabApp.default_url=/lab/tree/notebooks" in recipe
+    assert "--notebook-dir" not in recipe
+
+
+def _process_tree(root: int) -> list[int]:
+    """``root`` and all its descendants, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
 
 
 def _free_port() -> int:
@@ -83,6 +104,18 @@ def test_make_lab_serves_on_loopback_and_refuses_without_the_token():
         assert err.value.code == 403  # no token, no access
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab?token={token}", timeout=5) as resp:
             assert b"JupyterLab" in resp.read()
+        # no process of the Lab carries the token on its command line (other users can read /proc/<pid>/cmdline)
+        lab_pids = _process_tree(proc.pid)
+        cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in lab_pids
+                    if Path(f"/proc/{pid}/cmdline").exists()]
+        assert any("jupyter" in c and "lab" in c for c in cmdlines), cmdlines
+        assert not [c for c in cmdlines if token in c], "the Lab's token is visible in `ps`"
+        # rooted at the repository: course code opens from the Lab; / lands on notebooks/
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/course_utils/core/gpu.py?token={token}",
+                                    timeout=10) as resp:
+            assert resp.status == 200
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/?token={token}", timeout=10) as resp:
+            assert resp.url.split("?")[0].endswith("/lab/tree/notebooks")
         # what the Lab's front end asks for on start: none of it may reach the internet (the guard would fail us)
         for api in ("lab/api/extensions", "lab/api/news", "lab/api/update"):
             try:

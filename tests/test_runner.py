@@ -3,22 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
+import course_utils as cu
 from course_utils.runner import run
 
 
-def make_lesson(folder, name, body, targets=None):
+PARAMS = "import os\nSMOKE = os.environ.get('SMOKE', '0') == '1'\nSTEPS = 1"
+
+
+def make_lesson(folder, name, body, targets=None, params=PARAMS, full_targets=None):
     nb = new_notebook()
-    params = new_code_cell("import os\nSMOKE = os.environ.get('SMOKE', '0') == '1'\nSTEPS = 1")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, new_code_cell("import course_utils as cu\n" + body)]
+    cells = []
+    if params is not None:
+        cell = new_code_cell(params)
+        cell.metadata["tags"] = ["parameters"]
+        cells.append(cell)
+    nb.cells = cells + [new_code_cell("import course_utils as cu\n" + body)]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nb.metadata["course"] = {"title": name, "week": 1, "targets": {"smoke": targets or {}}}
+    nb.metadata["course"] = {"title": name, "week": 1, "targets": {"smoke": targets or {}, "full": full_targets or {}}}
     path = folder / f"{name}.ipynb"
     nbformat.write(nb, path)
     return path
@@ -45,6 +57,7 @@ def test_runner_continues_past_a_failing_lesson_and_exits_nonzero(lessons, tmp_p
     assert report["environment"]["packages"]["torch"].startswith("2.14.1")
     md = (run_dir / "report.md").read_text()
     assert "| 01_bad | failed: ValueError: lesson is broken" in md and "score 10 >= 2 ✓" in md
+    assert md.splitlines()[0] == "# Course run, smoke mode: 2 of 2 lessons ran (1 passed, 1 failed); 0 skipped for want of a GPU"
 
 
 def test_missed_target_fails_the_run(lessons, tmp_path):
@@ -71,12 +84,9 @@ def test_gpu_lesson_in_full_mode_on_a_cpu_stops_at_setup_with_one_line(tmp_path)
     executed = json.loads((tmp_path / lesson.name).read_text())
     errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert len(errors) == 1 and len(errors[0]["traceback"]) == 1  # one sentence, not a deep traceback
-    setup_index = next(i for i, c in enumerate(executed["cells"]) if "choose_device" in "".join(c["source"]))
+    setup_index = next(i for i, c in enumerate(executed["cells"])
+                       if c["cell_type"] == "code" and "choose_device(" in "".join(c["source"]))
     assert any(o.get("output_type") == "error" for o in executed["cells"][setup_index]["outputs"])
-    run_dir = tmp_path / "runs"
-    assert run.main(["00", "--mode", "full", "--out", str(run_dir)]) == 0  # needs GPU is not a failure...
-    assert run.main(["00", "--mode", "full", "--out", str(run_dir), "--strict"]) == 1  # ...unless --strict
-    assert "needs GPU" in next(run_dir.glob("*/report.md")).read_text()
 
 
 def test_discover_finds_lessons_in_order_and_rejects_unknown_names():
@@ -93,3 +103,230 @@ def test_parameter_values_are_parsed():
 
 def test_console_script_is_installed():
     assert shutil.which("course-run") or (run.REPO_ROOT / ".venv" / "bin" / "course-run").exists()
+
+
+# --- full mode without a GPU ---------------------------------------------------------------------------------
+NEEDS_GPU = "raise cu.NeedsGPU('Full mode needs a CUDA GPU with 10 GiB of VRAM, but PyTorch sees no GPU.')"
+
+
+def test_full_run_that_skips_gpu_lessons_fails_unless_the_instructor_accepts_it(lessons, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("SKIP_GPU", raising=False)
+    gpu = make_lesson(lessons, "01_gpu", NEEDS_GPU, full_targets={"acc": [">=", 0.9, "measured"]})
+    cpu = make_lesson(lessons, "02_cpu", "cu.record(acc=0.95)", full_targets={"acc": [">=", 0.9]})
+    runs = tmp_path / "runs"
+    assert run.main([str(gpu), str(cpu), "--mode", "full", "--out", str(runs / "a")]) == 1
+    assert "could not run for want of a GPU (01_gpu)" in capsys.readouterr().err
+    (report,) = (runs / "a").glob("*/report.md")
+    first = report.read_text().splitlines()[0]
+    assert first == "# Course run, full mode: 1 of 2 lessons ran (1 passed); 1 skipped for want of a GPU"
+    data = json.loads(report.with_name("report.json").read_text())
+    assert data["summary"] in first and data["skip_gpu_lessons"] is False
+    assert run.main([str(gpu), str(cpu), "--mode", "full", "--out", str(runs / "b"), "--skip-gpu-lessons"]) == 0
+    monkeypatch.setenv("SKIP_GPU", "1")  # what `SKIP_GPU=1 make course` sets
+    assert run.main([str(gpu), str(cpu), "--mode", "full", "--out", str(runs / "c")]) == 0
+    data = json.loads(next((runs / "c").glob("*/report.json")).read_text())
+    assert data["skip_gpu_lessons"] is True
+
+
+def test_make_course_passes_skip_gpu_through():
+    recipe = subprocess.run(["make", "-n", "course", "SKIP_GPU=1"], cwd=run.REPO_ROOT, capture_output=True, text=True).stdout
+    assert "--skip-gpu-lessons" in recipe
+    recipe = subprocess.run(["make", "-n", "course"], cwd=run.REPO_ROOT, capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "SKIP_GPU"}).stdout
+    assert "course-run --mode full" in recipe and "--skip-gpu-lessons" not in recipe
+
+
+# --- targets: format, source, evidence in the report ---------------------------------------------------------
+def test_targets_format_and_sources():
+    smoke = run.parse_targets({"acc": [">=", 0.9]}, "smoke")
+    assert smoke[0].source is None
+    full = run.parse_targets({"acc": [">=", 0.9, "measured"], "loss": ["<=", 1.5, "estimate"], "old": ["<", 2]}, "full")
+    assert [t.source for t in full] == ["measured", "estimate", "estimate"]  # a missing source is an estimate
+    for bad, mode, words in (({"acc": ["=>", 0.9]}, "smoke", "unknown op"), ({"acc": [">=", 0.9, "guess"]}, "full", "source"),
+                             ({"acc": [">=", 0.9, "measured"]}, "smoke", r"smoke targets are \[op, value\]"),
+                             ({"acc": [">=", "high"]}, "smoke", "only == works on text"), ({"acc": 0.9}, "full", "must be")):
+        with pytest.raises(run.BadTarget, match=words):
+            run.parse_targets(bad, mode)
+
+
+def test_report_shows_measured_or_estimate_and_the_value_seen(lessons, tmp_path):
+    path = make_lesson(lessons, "01_full", "cu.record(acc=0.93, loss=1.7)",
+                       full_targets={"acc": [">=", 0.9, "measured"], "loss": ["<=", 1.5, "estimate"]})
+    assert run.main([str(path), "--mode", "full", "--out", str(tmp_path)]) == 1  # loss missed
+    md = next(tmp_path.glob("*/report.md")).read_text()
+    assert "acc 0.93 >= 0.9 ✓ [measured]" in md and "loss 1.7 <= 1.5 ✗ [estimate]" in md
+    assert "[estimate] ones are expected values" in md
+    data = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    targets = {t["metric"]: t for t in data["lessons"][0]["targets"]}
+    assert targets["acc"]["evidence"] == "measured" and targets["acc"]["actual"] == 0.93
+    assert targets["loss"]["evidence"] == "estimate" and not targets["loss"]["met"]
+
+
+def test_a_bad_target_stops_the_run_before_any_lesson(lessons, tmp_path, capsys):
+    path = make_lesson(lessons, "01_typo", "cu.record(acc=1.0)", {"acc": ["=>", 0.9]})
+    assert run.main([str(path), "--mode", "smoke", "--out", str(tmp_path / "r")]) == 2
+    assert "unknown op '=>'" in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_non_numeric_and_nan_metrics_never_crash_the_report(lessons, tmp_path):
+    path = make_lesson(lessons, "01_odd", "cu.record(acc='high', loss=float('nan'), items=[1, 2], lang='en')",
+                       {"acc": [">=", 0.9], "loss": ["<=", 1.0], "items": [">", 0], "lang": ["==", "en"]})
+    assert run.main([str(path), "--mode", "smoke", "--out", str(tmp_path)]) == 1
+    report = next(tmp_path.glob("*/report.md")).read_text()
+    assert "acc high (not a number) >= 0.9 ✗" in report and "loss NaN (NaN) <= 1 ✗" in report
+    assert "lang en == en ✓" in report
+    data = json.loads(next(tmp_path.glob("*/report.json")).read_text())  # strict JSON: no bare NaN
+    assert data["lessons"][0]["status"] == "missed target"
+    (result,) = run.check_targets({"acc": [">=", 0.5]}, {"acc": True})
+    assert result.met  # a recorded bool compares as 1
+
+
+def test_reports_are_written_atomically(tmp_path, monkeypatch):
+    from course_utils.runner import report
+
+    result = run.LessonResult("01_x", "x", "passed", 1.0, "x.ipynb", {"a": 1})
+    report.write_report([result], tmp_path, "smoke", {})
+    before = (tmp_path / "report.md").read_text()
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(report.json, "dump", crash)
+    with pytest.raises(RuntimeError):
+        report.write_report([result], tmp_path, "smoke", {})
+    assert (tmp_path / "report.md").read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]  # no half-written temp files
+    monkeypatch.undo()
+    written = []
+    real = report.atomic_write
+
+    def spy(path, mode="wb"):
+        written.append(Path(path).name)
+        return real(path, mode)
+
+    monkeypatch.setattr(report, "atomic_write", spy)
+    report.write_report([result], tmp_path, "smoke", {})
+    assert sorted(written) == ["report.json", "report.md"]  # both files go through atomic_write
+
+
+# --- parameters ---------------------------------------------------------------------------------------------
+TYPED = """import os
+SMOKE = os.environ.get("SMOKE", "0") == "1"
+BATCH_SIZE = 32          # micro-batch
+MAX_STEPS = 100
+LEARNING_RATE = 3e-4
+WARMUP_STEPS = 10
+MODEL_ID = "meta-llama/Llama-3.1-8B"
+REVISION = "0123456"
+GRAD_ACCUM = None
+USE_8BIT = True
+N_LAYER, N_HEAD = 6, 6
+if SMOKE:
+    BATCH_SIZE = 4
+    MAX_STEPS = 5
+"""
+
+
+def test_parameters_are_read_from_the_parameters_cell(lessons):
+    path = make_lesson(lessons, "01_p", "pass", params=TYPED)
+    params = run.lesson_parameters(path)
+    assert params["BATCH_SIZE"].values == [32, 4] and params["N_HEAD"].values == [6]
+    assert set(params) >= {"SMOKE", "LEARNING_RATE", "MODEL_ID", "GRAD_ACCUM", "USE_8BIT", "N_LAYER"}
+
+
+@pytest.mark.parametrize("name, text, expected", [
+    ("BATCH_SIZE", "8", 8), ("LEARNING_RATE", "1", 1), ("LEARNING_RATE", "1e-3", 1e-3), ("WARMUP_STEPS", "0", 0),
+    ("MODEL_ID", "Qwen/Qwen2.5-7B", "Qwen/Qwen2.5-7B"), ("REVISION", "1234567", "1234567"),
+    ("GRAD_ACCUM", "4", 4), ("GRAD_ACCUM", "None", None), ("USE_8BIT", "False", False), ("N_LAYER", "2", 2),
+])
+def test_good_overrides_are_accepted(lessons, name, text, expected):
+    path = make_lesson(lessons, "01_p", "pass", params=TYPED)
+    value = run.check_overrides(path, {name: text})[name]
+    assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("name, text, words", [
+    ("BATCH_SIZE", "-1", "BATCH_SIZE is a size or a count and must be greater than 0"),
+    ("BATCH_SIZE", "0", "BATCH_SIZE is a size or a count"),
+    ("MAX_STEPS", "ten", "MAX_STEPS takes a whole number"),
+    ("MAX_STEPS", "2.5", "MAX_STEPS takes a whole number"),
+    ("BATCH_SIZE", "True", "BATCH_SIZE takes a whole number"),
+    ("LEARNING_RATE", "fast", "LEARNING_RATE takes a number"),
+    ("LEARNING_RATE", "-1e-3", "LEARNING_RATE is a size or a count"),
+    ("WARMUP_STEPS", "-1", "WARMUP_STEPS must be 0 or more"),
+    ("USE_8BIT", "1", "USE_8BIT takes True/False"),
+    ("GRAD_ACCUM", "-2", "GRAD_ACCUM is a size or a count"),
+    ("SMOKE", "True", "set by the runner's --mode"),
+])
+def test_bad_overrides_stop_with_one_sentence_naming_the_parameter(lessons, name, text, words):
+    path = make_lesson(lessons, "01_p", "pass", params=TYPED)
+    with pytest.raises(cu.BadParameter) as err:
+        run.check_overrides(path, {name: text})
+    message = str(err.value)
+    assert words in message and name in message and "\n" not in message and message.endswith(".")
+
+
+def test_unknown_parameter_lists_the_lessons_parameters(lessons, tmp_path, capsys):
+    path = make_lesson(lessons, "01_p", "cu.record(x=BATCH_SIZE)", params=TYPED)
+    code = run.main([str(path), "--mode", "smoke", "--out", str(tmp_path / "r"), "-p", "BATCHSIZE", "8"])
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "r").exists()  # stopped before running anything
+    assert "Lesson 01_p has no parameter BATCHSIZE; its parameters are: BATCH_SIZE=32, MAX_STEPS=100," in err
+    assert "SMOKE" not in err.split("parameters are:")[1]
+    bare = make_lesson(lessons, "02_bare", "pass", params=None)
+    assert run.main([str(bare), "--mode", "smoke", "--out", str(tmp_path / "r"), "-p", "X", "1"]) == 2
+    assert "no parameters cell" in capsys.readouterr().err
+
+
+def test_a_smoke_run_prints_no_warnings(lessons, tmp_path):
+    """papermill's "Passed unknown parameter", "Unable to parse line", "does not contain a cell with tag
+    parameters", ipykernel's "running over TCP without encryption": none of them in a course run."""
+    with_params = make_lesson(lessons, "01_p", "cu.record(steps=MAX_STEPS)", {"steps": ["==", 7]}, params=TYPED)
+    without = make_lesson(lessons, "02_bare", "cu.record(ok=2)", {"ok": [">=", 1]}, params=None)
+    env = dict(os.environ, PYTHONWARNINGS="default")
+    for lesson, extra in ((with_params, ["-p", "MAX_STEPS", "7"]), (without, [])):
+        proc = subprocess.run([sys.executable, "-m", "course_utils.runner.run", str(lesson), "--mode", "smoke",
+                               "--out", str(tmp_path), *extra], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "WARNING" not in proc.stderr.upper() and "unknown parameter" not in proc.stderr.lower(), proc.stderr
+        assert "Unable to parse" not in proc.stderr and "without encryption" not in proc.stderr
+
+
+# --- a lesson that dies or hangs -----------------------------------------------------------------------------
+def test_a_hanging_cell_is_stopped_and_the_run_goes_on(lessons, tmp_path):
+    hang = make_lesson(lessons, "01_hang", "import time\ntime.sleep(120)")
+    good = make_lesson(lessons, "02_good", "cu.record(x=2)", {"x": [">=", 1]})
+    start = time.perf_counter()
+    assert run.main([str(hang), str(good), "--mode", "smoke", "--out", str(tmp_path), "--timeout", "3"]) == 1
+    assert time.perf_counter() - start < 100
+    data = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    status = {item["lesson"]: item for item in data["lessons"]}
+    assert status["01_hang"]["status"] == "failed" and "3 s limit" in status["01_hang"]["error"]
+    assert status["02_good"]["status"] == "passed"
+
+
+def test_a_dying_kernel_is_reported_and_the_run_goes_on(lessons, tmp_path):
+    dead = make_lesson(lessons, "01_dead", "import os\nos._exit(3)")
+    good = make_lesson(lessons, "02_good", "cu.record(x=2)", {"x": [">=", 1]})
+    assert run.main([str(dead), str(good), "--mode", "smoke", "--out", str(tmp_path)]) == 1
+    data = json.loads(next(tmp_path.glob("*/report.json")).read_text())
+    status = {item["lesson"]: item["status"] for item in data["lessons"]}
+    assert status == {"01_dead": "failed", "02_good": "passed"}
+
+
+def test_every_cell_gets_a_default_time_limit(lessons, tmp_path, monkeypatch):
+    seen = {}
+    import papermill
+
+    def fake_execute(nb, output, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    path = make_lesson(lessons, "01_x", "pass")
+    run.run_lesson(path, tmp_path, "smoke", {}, progress=False)
+    assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["smoke"] == 300
+    run.run_lesson(path, tmp_path, "full", {}, progress=False)
+    assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["full"] == 1800
+    run.run_lesson(path, tmp_path, "full", {}, timeout=60, progress=False)
+    assert seen["execution_timeout"] == 60

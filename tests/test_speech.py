@@ -1,17 +1,18 @@
-"""course_utils.topics.speech: the offline Whisper tokenizer matches openai-whisper's, audio loads as 16 kHz mono, the VAD
-trims silence, WER uses Whisper's normaliser, and the smoke/full loaders behave."""
+"""course_utils.topics.speech and course_utils.smoke.speech: the offline Whisper tokenizer matches openai-whisper's, audio
+loads as 16 kHz mono, the energy VAD trims silence on clean audio but Silero VAD finds the pauses of a REAL recording,
+WER uses Whisper's normaliser, the shipped clips are split by sentence, and the smoke/full loaders behave."""
 
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from course_utils.topics import speech
 from course_utils.core.errors import BadParameter, MissingData
+from course_utils.smoke import speech as smoke_speech
+from course_utils.topics import speech
 
 SENTENCES = [
     " Fine-tune QLoRA with bitsandbytes on 12 GB of VRAM — naïve café, 東京, 🚀!",
@@ -21,17 +22,9 @@ SENTENCES = [
 
 
 @pytest.fixture(scope="module")
-def tiny_folder(tmp_path_factory):
+def tiny_folder(tiny_cache):
     """Build the smoke model (and with it the tokenizer) once, in a fresh course cache."""
-    old = os.environ.get("COURSE_CACHE")
-    os.environ["COURSE_CACHE"] = str(tmp_path_factory.mktemp("course-cache"))
-    try:
-        yield speech.tiny_whisper_folder()
-    finally:
-        if old is None:
-            os.environ.pop("COURSE_CACHE", None)
-        else:
-            os.environ["COURSE_CACHE"] = old
+    return smoke_speech.tiny_whisper_folder()
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +143,48 @@ def test_vad_finds_speech_and_trims_silence():
     assert np.abs(trimmed[: int(0.12 * sr)]).max() > 0.1, "trimmed audio should start at the speech (+0.1 s pad)"
     assert speech.speech_segments(audio, sr, min_silence_s=1.0) == [(s1, e2)], "gaps under min_silence_s are bridged"
     assert speech.trim_silence(np.zeros(0, np.float32)).size == 0
+    kept = speech.trim_silence(audio, sr, gap_s=0.0, segments=[(0.6, 1.6)])
+    assert len(kept) == sr and np.allclose(kept, audio[int(0.6 * sr): int(1.6 * sr)]), "trim_silence keeps given segments"
+
+
+def _silero_segments(audio, model):
+    import torch
+    from silero_vad import get_speech_timestamps
+
+    return [(s["start"], s["end"]) for s in get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=16000,
+                                                                  return_seconds=True)]
+
+
+def _pauses_found(segments, pauses, tolerance_s=0.3):
+    """Each annotated pause must be a gap between two consecutive segments whose edges lie within tolerance."""
+    gaps = [(a[1], b[0]) for a, b in zip(segments, segments[1:])]
+    return [any(abs(g0 - p0) <= tolerance_s and abs(g1 - p1) <= tolerance_s for g0, g1 in gaps) for p0, p1 in pauses]
+
+
+@pytest.mark.parametrize("snr_db", [None, 10.0])
+def test_silero_vad_finds_the_pauses_of_a_real_recording(snr_db):
+    """The real 11 s recording (room noise, three pauses): the energy VAD hears one segment; Silero VAD, loaded from
+    its wheel with no network call (the guard would fail the test), finds every pause within 0.3 s — also with white
+    noise added at 10 dB SNR (noise power = mean speech-recording power / 10)."""
+    audio, info = speech.load_real_recording()
+    assert abs(len(audio) / 16000 - info["seconds"]) < 0.01 and len(info["pauses_s"]) == 3
+    if snr_db is not None:
+        noise = np.random.default_rng(0).standard_normal(len(audio)).astype(np.float32)
+        audio = audio + noise * np.sqrt((audio**2).mean() / 10 ** (snr_db / 10))
+    assert len(speech.speech_segments(audio)) == 1, "the energy VAD was expected to merge the whole recording"
+    segments = _silero_segments(audio, speech.load_silero_vad())
+    found = _pauses_found(segments, info["pauses_s"])
+    assert all(found), f"Silero VAD missed pauses {info['pauses_s']} (found {found}); its segments: {segments}"
+    midpoints = [(a + b) / 2 for a, b in info["pauses_s"]]
+    assert not any(s <= m <= e for m in midpoints for s, e in segments), "no segment may cover a pause's middle"
+    assert segments[0][0] < 0.6 and segments[-1][1] > 10.3, "the first and last words must be inside segments"
+
+
+def test_pause_matching_rejects_wrong_boundaries():
+    pauses = [(2.15, 3.25)]
+    assert _pauses_found([(0.3, 2.3), (3.3, 4.4)], pauses) == [True]
+    assert _pauses_found([(0.3, 1.7), (3.3, 4.4)], pauses) == [False], "an edge 0.45 s off is not the pause"
+    assert _pauses_found([(0.3, 4.4)], pauses) == [False], "one merged segment has no gap"
 
 
 # -------------------------------------------------------------------------------------------------- WER
@@ -169,22 +204,36 @@ def test_wer_uses_whispers_normaliser():
 
 def test_course_clips_are_small_16k_and_listed():
     clips = speech.load_clips()
-    assert [c.split for c in clips].count("train") == 6 and [c.split for c in clips].count("test") == 2
+    assert [c.split for c in clips].count("train") == 30 and [c.split for c in clips].count("test") == 24
     rows = {json.loads(line)["file"]: json.loads(line) for line in
             (clips[0].path.parent / "transcripts.jsonl").read_text().splitlines()}
     for clip in clips:
         info = sf.info(str(clip.path))
         assert info.samplerate == 16000 and info.channels == 1, f"{clip.path.name} must be 16 kHz mono"
         assert abs(clip.seconds - rows[clip.path.name]["seconds"]) < 0.01 and 1.0 < clip.seconds < 4.0
+        assert rows[clip.path.name]["voice"].startswith("en-us") and rows[clip.path.name]["wpm"] in (175, 190, 205)
         assert len(speech.speech_segments(clip.audio)) == 1, f"{clip.path.name}: one utterance with silence around it"
-    total = sum(c.path.stat().st_size for c in clips)
-    assert total < 1_000_000, f"the shipped clips should stay small ({total:,} bytes)"
+    folder = clips[0].path.parent
+    total = sum(f.stat().st_size for f in folder.iterdir())
+    assert total < 4_000_000, f"the shipped clips folder should stay small ({total:,} bytes)"
     assert speech.load_clips(split="test")[0].text == "QLoRA keeps the base model in 4-bit."
+
+
+def test_held_out_sentences_are_not_in_training():
+    train = {speech.normalize_text(c.text) for c in speech.load_clips(split="train")}
+    test = [speech.normalize_text(c.text) for c in speech.load_clips(split="test")]
+    assert len(test) >= 20 and len(set(test)) == len(test), "at least 20 distinct held-out sentences"
+    assert not train & set(test), f"held-out sentences also in training: {train & set(test)}"
+    domain = ("qlora", "lora", "bitsandbytes", "vram", "onnx", "pytorch", "cuda", "bf16", "fp16", "gpu", "cpu", "llava",
+              "yolo", "adamw", "kv", "wer", "llm", "gb")
+    assert sum(any(w in t.split() for w in domain) for t in test) >= 15, "the held-out set should test the jargon"
 
 
 def test_load_clips_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(MissingData, match="transcripts.jsonl"):
         speech.load_clips(tmp_path)
+    with pytest.raises(MissingData, match="jfk_16k.json"):
+        speech.load_real_recording(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------- loaders
@@ -195,7 +244,7 @@ def test_smoke_whisper_loads_and_generates(tiny_folder):
 
     model, processor = speech.load_whisper(smoke=True)
     assert type(model).__name__ == "WhisperForConditionalGeneration" and not model.training
-    assert processor.feature_extractor.chunk_length == speech.TINY_WINDOW_S
+    assert processor.feature_extractor.chunk_length == smoke_speech.TINY_WINDOW_S
     audio = speech.load_clips()[0].audio
     features = processor.feature_extractor(audio, sampling_rate=16000, return_tensors="pt").input_features
     assert features.shape == (1, 80, 2 * model.config.max_source_positions)

@@ -1,4 +1,4 @@
-"""course_utils.topics.vision_data: smoke stand-ins with the real shapes, local files accepted, downloads verified,
+"""course_utils.topics.vision_data and course_utils.smoke.vision: smoke stand-ins with the real shapes, local files accepted, downloads verified,
 and one clear sentence when the data is missing or broken. No test touches the network (file:// URLs only)."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import course_utils as cu
+from course_utils.smoke import vision as sv
 from course_utils.topics import vision_data as vd
 
 
@@ -73,26 +74,26 @@ def test_smoke_digits_look_like_mnist():
 def test_smoke_digits_carry_a_learnable_signal():
     from sklearn.linear_model import LogisticRegression
 
-    data = vd.smoke_digits()
+    data = sv.smoke_digits()
     flat = lambda x: x.reshape(len(x), -1).float().numpy() / 255  # noqa: E731
     model = LogisticRegression(max_iter=300).fit(flat(data.x_train), data.y_train.numpy())
     assert model.score(flat(data.x_test), data.y_test.numpy()) > 0.9
 
 
 def test_smoke_shapes_are_cifar_shaped_and_deterministic():
-    data = vd.smoke_shapes(200, 50, seed=3, cache=False)
+    data = sv.smoke_shapes(200, 50, seed=3, cache=False)
     assert data.x_train.dtype == torch.uint8 and data.x_train.shape == (200, 3, 32, 32)
     assert data.y_train.dtype == torch.int64 and data.x_test.shape == (50, 3, 32, 32)
     assert sorted(torch.bincount(data.y_train).tolist()) == [20] * 10, "classes should be balanced"
-    again = vd.smoke_shapes(200, 50, seed=3, cache=False)
+    again = sv.smoke_shapes(200, 50, seed=3, cache=False)
     assert torch.equal(data.x_train, again.x_train) and torch.equal(data.y_train, again.y_train)
-    other = vd.smoke_shapes(200, 50, seed=4, cache=False)
+    other = sv.smoke_shapes(200, 50, seed=4, cache=False)
     assert not torch.equal(data.x_train, other.x_train)
     assert not torch.equal(data.x_train[:50], data.x_test), "train and test must come from different draws"
 
 
 def test_smoke_shapes_colour_is_not_the_label():
-    data = vd.smoke_shapes(1000, 10, seed=0, cache=False)
+    data = sv.smoke_shapes(1000, 10, seed=0, cache=False)
     mean_colour = data.x_train.float().mean(dim=(2, 3))  # N x 3
     per_class = torch.stack([mean_colour[data.y_train == c].mean(0) for c in range(10)])
     assert (per_class.max(0).values - per_class.min(0).values).max() < 40, "average colour should not give the class away"
@@ -100,13 +101,13 @@ def test_smoke_shapes_colour_is_not_the_label():
 
 def test_smoke_shapes_cache_reloads_identically(tmp_path, monkeypatch):
     monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    built = vd.smoke_shapes(100, 20, seed=1)
+    built = sv.smoke_shapes(100, 20, seed=1)
     files = list((tmp_path / "vision").glob("shapes10-*.npz"))
     assert len(files) == 1, "the generated set should be cached once"
-    loaded = vd.smoke_shapes(100, 20, seed=1)
+    loaded = sv.smoke_shapes(100, 20, seed=1)
     assert torch.equal(built.x_train, loaded.x_train) and torch.equal(built.y_test, loaded.y_test)
     files[0].write_bytes(b"not an npz")  # a damaged cache is rebuilt, not an error
-    rebuilt = vd.smoke_shapes(100, 20, seed=1)
+    rebuilt = sv.smoke_shapes(100, 20, seed=1)
     assert torch.equal(built.x_train, rebuilt.x_train)
 
 
@@ -226,3 +227,51 @@ def test_cifar_truncated_batch_is_a_clear_error(tmp_path):
     (folder / "data_batch_3").write_bytes((folder / "data_batch_3").read_bytes()[:100])
     with pytest.raises(cu.MissingData, match="cannot be read"):
         vd.load_cifar10(smoke=False, data_dir=tmp_path, download=False)
+
+
+def _fake_cifar_archive(path, n_per_batch: int = 4):
+    src = path.parent / "src"
+    _fake_cifar_folder(src / "cifar-10-batches-py", n_per_batch)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(src / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    return path
+
+
+@pytest.fixture
+def fake_cifar_download(tmp_path, monkeypatch):
+    """A 'download' of a fake CIFAR archive (file:// URL, its MD5 pinned), and torchvision's per-file MD5 lists
+    pointed at the fake files, as if they were the official ones."""
+    from torchvision.datasets import CIFAR10
+
+    mirror = _fake_cifar_archive(tmp_path / "mirror" / "cifar-10-python.tar.gz")
+    monkeypatch.setattr(vd, "CIFAR10_URL", mirror.as_uri())
+    monkeypatch.setattr(vd, "CIFAR10_MD5", _md5(mirror))
+    folder = tmp_path / "mirror" / "src" / "cifar-10-batches-py"
+    monkeypatch.setattr(CIFAR10, "train_list", [[f"data_batch_{i}", _md5(folder / f"data_batch_{i}")] for i in range(1, 6)])
+    monkeypatch.setattr(CIFAR10, "test_list", [["test_batch", _md5(folder / "test_batch")]])
+    monkeypatch.setattr(CIFAR10, "meta", {**CIFAR10.meta, "md5": _md5(folder / "batches.meta")})
+    return tmp_path / "data"
+
+
+def test_cifar_downloaded_files_keep_torchvisions_integrity_checks(fake_cifar_download):
+    root = fake_cifar_download
+    data = vd.load_cifar10(smoke=False, data_dir=root, download=True)
+    assert len(data.x_train) == 20 and vd.cifar10_downloaded_by_course(root)
+    assert vd._cifar10_class(verify=True).__name__ == "CIFAR10", "downloaded files must be read by torchvision's own class"
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    raw = bytearray(batch.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # one flipped byte in the pixels: still a readable pickle, no longer the downloaded file
+    batch.write_bytes(bytes(raw))
+    with pytest.raises(cu.MissingData, match="integrity check") as info:
+        vd.load_cifar10(smoke=False, data_dir=root, download=False)
+    assert "SMOKE=1" in str(info.value)
+
+
+def test_cifar_learners_own_files_skip_the_official_checksums(tmp_path):
+    folder = tmp_path / "cifar-10-batches-py"
+    _fake_cifar_folder(folder)
+    raw = bytearray((folder / "data_batch_2").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (folder / "data_batch_2").write_bytes(bytes(raw))  # edited by the learner: their files, their call
+    assert not vd.cifar10_downloaded_by_course(tmp_path)
+    assert len(vd.load_cifar10(smoke=False, data_dir=tmp_path, download=False).x_train) == 20

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import course_utils as cu
+from course_utils.smoke import vlm as smoke_vlm
 from course_utils.topics import vlm
 from course_utils.core.errors import BadParameter, MissingData
 
@@ -25,10 +26,10 @@ def _pixels(example):
 
 
 def test_generator_is_deterministic_by_seed():
-    a, b = vlm.generate_shape_qa(12, seed=3), vlm.generate_shape_qa(12, seed=3)
+    a, b = smoke_vlm.generate_shape_qa(12, seed=3), smoke_vlm.generate_shape_qa(12, seed=3)
     assert [(x.question, x.answer, x.shapes) for x in a] == [(x.question, x.answer, x.shapes) for x in b]
     assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(a, b)), "same seed must draw the same pixels"
-    c = vlm.generate_shape_qa(12, seed=4)
+    c = smoke_vlm.generate_shape_qa(12, seed=4)
     assert [x.shapes for x in a] != [x.shapes for x in c], "a different seed should give different scenes"
 
 
@@ -36,12 +37,12 @@ def _components(image: np.ndarray):
     """What is really in the picture: one entry per connected blob (kind from its fill ratio, colour from its pixels)."""
     from skimage.measure import label, regionprops
 
-    foreground = np.any(image != np.array(vlm.BACKGROUND, dtype=image.dtype), axis=-1)
+    foreground = np.any(image != np.array(smoke_vlm.BACKGROUND, dtype=image.dtype), axis=-1)
     found = []
     for region in regionprops(label(foreground, connectivity=1)):
         rows, cols = region.coords[:, 0], region.coords[:, 1]
         rgb = tuple(int(v) for v in np.median(image[rows, cols], axis=0))
-        color = min(vlm.COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(vlm.COLORS[name], rgb)))
+        color = min(smoke_vlm.COLORS, key=lambda name: sum((a - b) ** 2 for a, b in zip(smoke_vlm.COLORS[name], rgb)))
         fill = region.area / region.area_bbox  # square ~1.0, circle ~0.79, triangle ~0.5
         kind = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
         cy, cx = region.centroid
@@ -51,8 +52,8 @@ def _components(image: np.ndarray):
 
 def test_answers_match_the_drawn_scene():
     size = 336
-    examples = vlm.generate_shape_qa(90, seed=0, image_size=size)
-    assert {ex.kind for ex in examples} == set(vlm.QUESTION_KINDS)
+    examples = smoke_vlm.generate_shape_qa(90, seed=0, image_size=size)
+    assert {ex.kind for ex in examples} == set(smoke_vlm.QUESTION_KINDS)
     for ex in examples:
         found = _components(_pixels(ex))
         assert sorted((k, c) for k, c, _, _ in found) == sorted((s.kind, s.color) for s in ex.shapes), ex.question
@@ -71,12 +72,12 @@ def test_answers_match_the_drawn_scene():
 
 
 def test_splits_are_disjoint_and_balanced():
-    train, test = vlm.make_shape_vqa(n_train=30, n_test=15, seed=1)
+    train, test = smoke_vlm.make_shape_vqa(n_train=30, n_test=15, seed=1)
     assert len(train) == 30 and len(test) == 15
     assert not {ex.shapes for ex in train} & {ex.shapes for ex in test}
-    assert sorted(ex.kind for ex in test) == sorted(list(vlm.QUESTION_KINDS) * 5)
+    assert sorted(ex.kind for ex in test) == sorted(list(smoke_vlm.QUESTION_KINDS) * 5)
     with pytest.raises(BadParameter):
-        vlm.generate_shape_qa(-1)
+        smoke_vlm.generate_shape_qa(-1)
 
 
 def test_exact_match_normalises_like_vqa():
@@ -105,7 +106,7 @@ def test_tiny_processor_expands_image_token_and_uses_llava_template(tiny_cache):
     conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What color is the circle?"}]}]
     prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
     assert prompt == "USER: <image>\nWhat color is the circle? ASSISTANT:"
-    image = vlm.generate_shape_qa(1)[0].image
+    image = smoke_vlm.generate_shape_qa(1)[0].image
     inputs = processor(images=image, text=prompt, return_tensors="pt")
     side = processor.image_processor.crop_size["height"]
     n_image = int((inputs["input_ids"] == model.config.image_token_index).sum())
@@ -162,7 +163,7 @@ def test_qlora_adapter_saves_atomically_and_reloads_with_identical_outputs(tiny_
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=vlm.LANGUAGE_MODEL_PROJECTIONS))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("language_model" in n and "lora_" in n for n in trainable), "LoRA only on the LLM"
-    batch = _batch(processor, vlm.generate_shape_qa(8, seed=5))
+    batch = _batch(processor, smoke_vlm.generate_shape_qa(8, seed=5))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
     for _ in range(8):

@@ -14,6 +14,7 @@ The rules, in the order the course applies them when memory is short:
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -24,20 +25,59 @@ Task = Literal[
     "whisper-finetune", "vlm-inference", "vlm-qlora",
 ]
 
-# task -> (micro-batch per 12 GB, effective batch, max sequence length, gradient checkpointing, 4-bit)
-_RULES: dict[str, tuple[int, int, int | None, bool, bool]] = {
-    "cnn-train": (512, 512, None, False, False),
-    "gpt-train": (64, 64, 256, False, False),
-    "llm-inference": (1, 1, 4096, False, True),
-    "llm-qlora": (1, 16, 2048, True, True),
-    "rag": (1, 1, 4096, False, True),
-    "yolo-train": (16, 64, None, False, False),
-    "sd-inference": (1, 1, 77, False, False),
-    "sd-lora": (1, 4, 77, True, False),
-    "whisper-finetune": (8, 16, 448, True, False),
-    "vlm-inference": (1, 1, 2048, False, True),
-    "vlm-qlora": (1, 8, 1024, True, True),
+#: Memory sizes cards are sold with ("the box"), in GB. A card reports a little less than its box in GiB (a 12 GB
+#: RTX 4070 Ti: 12282 MiB = 11.99 GiB; WSL2 and the driver keep a bit more): :func:`card_box_gb` maps it back.
+BOX_SIZES_GB = (2, 3, 4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 80, 94, 96, 141, 144, 180, 192)
+#: The plans below are written for these boxes; a card gets the plan of the largest one that is not bigger than its box
+#: (a 10 or 11 GB card the 8 GB plan, a 20 GB card the 16 GB plan, anything from 24 GB the 24 GB plan).
+PLAN_BOXES_GB = (8, 12, 16, 24)
+
+# task -> effective batch (micro-batch x accumulation; the same on every card), gradient checkpointing, and per plan
+# box: (micro-batch, max sequence length). Micro-batches are powers of two; 4-bit is decided by the card below.
+_EFFECTIVE: dict[str, tuple[int, bool]] = {
+    "cnn-train": (512, False), "gpt-train": (64, False), "llm-inference": (1, False), "llm-qlora": (16, True),
+    "rag": (1, False), "yolo-train": (64, False), "sd-inference": (1, False), "sd-lora": (4, True),
+    "whisper-finetune": (16, True), "vlm-inference": (1, False), "vlm-qlora": (8, True),
 }
+_PLANS: dict[str, dict[int, tuple[int, int | None]]] = {
+    "cnn-train": {8: (256, None), 12: (512, None), 16: (512, None), 24: (512, None)},
+    "gpt-train": {8: (32, 256), 12: (64, 256), 16: (64, 256), 24: (64, 256)},
+    "llm-inference": {8: (1, 2048), 12: (1, 4096), 16: (1, 8192), 24: (1, 8192)},
+    # QLoRA of an 8B model: ~10.7 GiB at 2048 tokens with transformers' loss (cu.estimate_training_vram)
+    "llm-qlora": {8: (1, 1024), 12: (1, 2048), 16: (1, 2048), 24: (2, 2048)},
+    "rag": {8: (1, 2048), 12: (1, 4096), 16: (1, 8192), 24: (1, 8192)},
+    "yolo-train": {8: (8, None), 12: (16, None), 16: (32, None), 24: (64, None)},
+    "sd-inference": {8: (1, 77), 12: (1, 77), 16: (1, 77), 24: (1, 77)},
+    "sd-lora": {8: (1, 77), 12: (1, 77), 16: (2, 77), 24: (4, 77)},
+    "whisper-finetune": {8: (4, 448), 12: (8, 448), 16: (16, 448), 24: (16, 448)},
+    "vlm-inference": {8: (1, 2048), 12: (1, 2048), 16: (1, 2048), 24: (1, 2048)},
+    "vlm-qlora": {8: (1, 1024), 12: (1, 1024), 16: (2, 1024), 24: (4, 1024)},
+}
+#: 7-8B models: 16-bit weights (~15 GiB) only from this box up; below it, 4-bit NF4 (~5.3 GiB).
+SIXTEEN_BIT_FROM_GB = 20
+_FOUR_BIT_TASKS = {"llm-inference", "llm-qlora", "rag", "vlm-inference", "vlm-qlora"}
+_QLORA_TASKS = {"llm-qlora", "vlm-qlora"}
+
+
+def card_box_gb(reported_gib: float) -> float:
+    """The memory size a card is sold with, from what it reports (GiB): 11.99 -> 12, 7.6 -> 8, 23.99 -> 24.
+
+    Rounds up to the next box size when the card is within 10 % of it (drivers and WSL2 keep a few hundred MiB);
+    otherwise down (a 14 GiB slice of a bigger card is not a 16 GB card). 0 stays 0 (no GPU).
+    """
+    if reported_gib <= 0:
+        return 0.0
+    for box in BOX_SIZES_GB:
+        if box >= reported_gib - 1e-6:
+            if box - reported_gib <= 0.1 * box:
+                return float(box)
+            smaller = [b for b in BOX_SIZES_GB if b < box]
+            return float(smaller[-1]) if smaller else round(reported_gib, 2)
+    return float(BOX_SIZES_GB[-1]) if reported_gib - BOX_SIZES_GB[-1] < 1 else float(math.floor(reported_gib))
+
+
+def _pow2_floor(x: float) -> int:
+    return 1 << max(0, int(math.floor(math.log2(max(1.0, x)))))
 
 
 @dataclass(frozen=True)
@@ -73,21 +113,26 @@ class SafeDefaults:
 
 
 def safe_defaults(task: Task, vram_gb: float | None = None, bf16: bool | None = None) -> SafeDefaults:
-    """Defaults for ``task`` on the current card (or on a card of ``vram_gb`` GiB with/without ``bf16``).
+    """Defaults for ``task`` on the current card (or on a card reporting ``vram_gb`` GiB, with/without ``bf16``).
 
-    ``vram_gb=0`` means the CPU. Memory-bound settings scale with the card relative to the 12 GB reference.
+    ``vram_gb=0`` means the CPU. The card is taken at its box size (a 12 GB card reports ~11.99 GiB and gets the
+    12 GB plan); the plans are written for 8, 12, 16 and 24 GB boxes (:data:`_PLANS`). Micro-batches are powers of
+    two, and the effective batch (micro-batch x gradient accumulation) is the same on every card.
     """
-    if task not in _RULES:
-        raise BadParameter(f"Unknown task {task!r}; choose one of: {', '.join(_RULES)}.")
+    if task not in _PLANS:
+        raise BadParameter(f"Unknown task {task!r}; choose one of: {', '.join(_PLANS)}.")
     if vram_gb is None or bf16 is None:
         from course_utils.core.gpu import gpu_report
 
         report = gpu_report()
         vram_gb = report.total_vram_gb if vram_gb is None else vram_gb
         bf16 = report.bf16_supported if bf16 is None else bf16
-    micro, effective, seq, ckpt, four_bit = _RULES[task]
+    if vram_gb < 0:
+        raise BadParameter(f"vram_gb must be 0 (the CPU) or the card's memory in GiB, not {vram_gb}.")
+    effective, ckpt = _EFFECTIVE[task]
     reasons: list[str] = []
-    if vram_gb <= 0:
+    box = card_box_gb(vram_gb)
+    if box <= 0:
         device, dtype, scaler = "cpu", "float32", False
         reasons.append("CPU: fp32 (half precision on a CPU is slow and poorly supported)")
     elif bf16:
@@ -96,23 +141,29 @@ def safe_defaults(task: Task, vram_gb: float | None = None, bf16: bool | None = 
     else:
         device, dtype, scaler = "cuda", "float16", True
         reasons.append("fp16 + GradScaler: this card has no bf16")
-    if vram_gb > 0:
-        scale = vram_gb / 12.0
-        if scale < 1:
-            micro = max(1, int(micro * scale))
-            if seq and task in ("llm-qlora", "vlm-qlora") and vram_gb < 10:
-                seq = 1024
-                reasons.append(f"max length {seq}: under 10 GiB the 2048-token activations do not fit with the model")
-        if vram_gb >= 20 and task in ("llm-inference", "rag", "vlm-inference"):
-            four_bit = False
-            reasons.append("16-bit weights: a 7-8B model fits in 16-bit on a card of 20 GiB or more")
-    else:
+    four_bit = task in _FOUR_BIT_TASKS
+    if box <= 0:
+        micro, seq = _PLANS[task][12]
         micro = min(micro, 32)
+        plan = None
+    else:
+        plan = max([b for b in PLAN_BOXES_GB if b <= box] or [PLAN_BOXES_GB[0]])
+        micro, seq = _PLANS[task][plan]
+        if box < plan:  # below the smallest plan: shrink the micro-batch with the memory
+            micro = _pow2_floor(micro * box / plan)
+        reasons.append(f"{vram_gb:.2f} GiB reported: a {box:g} GB card, the {plan} GB plan")
+        if task in _QLORA_TASKS and plan == 8:
+            reasons.append(f"max length {seq}: on a card under 12 GB the 2048-token activations and logits do not "
+                           "fit next to the 4-bit model")
+        if four_bit and box >= SIXTEEN_BIT_FROM_GB and task not in _QLORA_TASKS:
+            four_bit = False
+            reasons.append(f"16-bit weights: a 7-8B model (~15 GiB) fits in 16-bit on a card of {SIXTEEN_BIT_FROM_GB} GB or more")
+    micro = min(_pow2_floor(micro), effective)
     if four_bit:
         reasons.append("4-bit NF4 weights: a 7-8B model needs ~15 GiB in 16-bit but ~5 GiB in 4-bit")
     if ckpt:
         reasons.append("gradient checkpointing: recompute activations in backward instead of storing them")
-    accumulation = max(1, effective // micro)
+    accumulation = effective // micro
     if accumulation > 1:
         reasons.append(f"gradient accumulation {accumulation}: effective batch {micro * accumulation} from micro-batch {micro}")
     return SafeDefaults(device, dtype, scaler, micro, accumulation, ckpt, four_bit, seq, tuple(reasons))

@@ -107,7 +107,10 @@ def require_gpu(min_vram_gb: float, why: str, report: GPUReport | None = None) -
     smoke_hint = SMOKE_HINT[0].upper() + SMOKE_HINT[1:] + "."
     if not report.cuda_available:
         raise NeedsGPU(f"Full mode needs a CUDA GPU with {min_vram_gb:g} GiB of VRAM for {why}, but PyTorch sees no GPU. {smoke_hint}")
-    if report.total_vram_gb < min_vram_gb:
+    from course_utils.core.defaults import card_box_gb
+
+    # a card is the size on its box: a 12 GB card reports ~11.99 GiB and must pass a 12 GB minimum
+    if card_box_gb(report.total_vram_gb) < min_vram_gb:
         raise NeedsGPU(
             f"Full mode needs {min_vram_gb:g} GiB of VRAM for {why}, but {report.device_name} has "
             f"{report.total_vram_gb:.1f} GiB. Lower the lesson's memory knobs (see 'If it runs out of memory') or: {smoke_hint}"
@@ -133,11 +136,19 @@ def choose_device(smoke: bool, min_vram_gb: float | None, why: str, allow_cpu: b
 
 
 def free_gpu(*objects: object) -> float:
-    """Drop references, collect garbage and empty PyTorch's CUDA cache. Returns free VRAM in GiB (0 on CPU).
+    """Release objects (a model, an optimizer, a pipeline), collect garbage and empty PyTorch's CUDA cache.
+    Returns the free VRAM in GiB (0 on the CPU).
 
-    Python can only free a model once nothing refers to it: ``del model`` in your own namespace first, or pass
-    the objects here so the caller's last reference is the one that goes.
+    Python frees a model only once nothing refers to it. ``free_gpu(model, optimizer)`` deletes the caller's
+    module-level (notebook) names bound to those objects, and IPython's output history entries that hold them, so
+    the model really goes; names inside a function must be ``del``-ed by the function itself.
     """
+    if objects:
+        frame = sys._getframe(1)
+        try:
+            _forget(objects, frame.f_globals)  # a function's own locals cannot be deleted from outside
+        finally:
+            del frame
     del objects
     gc.collect()
     torch = sys.modules.get("torch")
@@ -149,38 +160,147 @@ def free_gpu(*objects: object) -> float:
     return torch.cuda.mem_get_info()[0] / GIB
 
 
+def _forget(objects: tuple, namespace: dict) -> list[str]:
+    ids = {id(o) for o in objects}
+    names = [name for name, value in list(namespace.items()) if id(value) in ids and not name.startswith("__")]
+    for name in names:
+        del namespace[name]
+    history = namespace.get("_oh") or namespace.get("Out")  # IPython's output cache keeps displayed objects alive
+    if isinstance(history, dict):
+        for key in [k for k, v in history.items() if id(v) in ids]:
+            del history[key]
+    for name in ("_", "__", "___"):
+        if id(namespace.get(name)) in ids:
+            namespace[name] = None
+    return names
+
+
+_LIFETIME_PEAK_RSS_GB = 0.0  # the peak before the last reset_peak_rss(): peak_rss_gb() stays a lifetime peak
+_LIFETIME_PEAK_VRAM_GB = [0.0, 0.0]  # allocated, reserved: the CUDA peaks before track_peak_memory reset them
+
+
+def peak_vram_gb() -> tuple[float, float]:
+    """The process's peak VRAM so far (allocated, reserved; GiB), across the resets :func:`track_peak_memory` does.
+    (0, 0) without CUDA."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available() or not _cuda_initialized(torch):
+        return tuple(_LIFETIME_PEAK_VRAM_GB)
+    return (max(_LIFETIME_PEAK_VRAM_GB[0], torch.cuda.max_memory_allocated() / GIB),
+            max(_LIFETIME_PEAK_VRAM_GB[1], torch.cuda.max_memory_reserved() / GIB))
+
+
+def _cuda_initialized(torch) -> bool:  # noqa: ANN001
+    is_initialized = getattr(torch.cuda, "is_initialized", None)
+    return True if is_initialized is None else bool(is_initialized())
+
+
 def peak_rss_gb() -> float:
-    """Peak resident memory of this process so far (GiB)."""
+    """Peak resident memory of this process so far (GiB), over its whole life."""
+    return max(_LIFETIME_PEAK_RSS_GB, _hwm_gb(), _maxrss_gb())
+
+
+def _maxrss_gb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024**3 if sys.platform == "darwin" else 1024**2)
 
 
+def _hwm_gb() -> float:
+    """Peak RSS since the last reset (Linux's VmHWM); the lifetime peak elsewhere."""
+    hwm = _proc_status_kib("VmHWM")
+    return hwm / 1024**2 if hwm is not None else _maxrss_gb()
+
+
+def current_rss_gb() -> float:
+    """Resident memory of this process now (GiB; the peak so far where the system does not say)."""
+    rss = _proc_status_kib("VmRSS")
+    return rss / 1024**2 if rss is not None else peak_rss_gb()
+
+
+def reset_peak_rss() -> bool:
+    """Start the process's peak-RSS counter again from the current RSS (Linux: /proc/self/clear_refs). False where
+    the system cannot, and then the peak is the process's lifetime peak."""
+    global _LIFETIME_PEAK_RSS_GB
+    _LIFETIME_PEAK_RSS_GB = peak_rss_gb()
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _proc_status_kib(field_name: str) -> int | None:
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith(field_name + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 @dataclass
 class PeakMemory:
-    """Filled in when a ``track_peak_memory()`` block ends."""
+    """Filled in when a ``track_peak_memory()`` block ends.
+
+    ``allocated_gb`` / ``reserved_gb`` are the block's peaks (what the card had to hold, including what was already
+    there on entry, e.g. the model's weights); ``*_entry_gb`` what was held on entry; ``*_delta_gb`` what the block
+    itself added on top (its activations, gradients, optimizer state). RSS likewise for the process's RAM.
+    """
 
     allocated_gb: float = 0.0
     reserved_gb: float = 0.0
     rss_gb: float = 0.0
     seconds: float = 0.0
+    allocated_entry_gb: float = 0.0
+    reserved_entry_gb: float = 0.0
+    rss_entry_gb: float = 0.0
+
+    @property
+    def allocated_delta_gb(self) -> float:
+        return max(0.0, self.allocated_gb - self.allocated_entry_gb)
+
+    @property
+    def reserved_delta_gb(self) -> float:
+        return max(0.0, self.reserved_gb - self.reserved_entry_gb)
+
+    @property
+    def rss_delta_gb(self) -> float:
+        return max(0.0, self.rss_gb - self.rss_entry_gb)
 
     def __str__(self) -> str:
-        gpu = f"peak VRAM {self.allocated_gb:.2f} GiB allocated / {self.reserved_gb:.2f} GiB reserved, " if self.reserved_gb else ""
-        return f"{gpu}peak RSS {self.rss_gb:.2f} GiB, {self.seconds:.1f} s"
+        gpu = (f"peak VRAM {self.allocated_gb:.2f} GiB allocated / {self.reserved_gb:.2f} GiB reserved "
+               f"(+{self.allocated_delta_gb:.2f} GiB over the {self.allocated_entry_gb:.2f} held on entry), "
+               if self.reserved_gb else "")
+        return f"{gpu}peak RSS {self.rss_gb:.2f} GiB (+{self.rss_delta_gb:.2f}), {self.seconds:.1f} s"
 
 
 @contextlib.contextmanager
-def track_peak_memory() -> Iterator[PeakMemory]:
-    """Measure peak VRAM (allocated and reserved, by PyTorch's allocator) and peak process RSS inside a block."""
+def track_peak_memory(release_cache: bool = True) -> Iterator[PeakMemory]:
+    """Measure the peak VRAM (PyTorch's allocator: allocated and reserved) and peak process RSS of a block.
+
+    On entry, garbage is collected, PyTorch's cached-but-unused CUDA blocks are released (``release_cache``: memory
+    cached by earlier work, e.g. an inference pass, would otherwise count as reserved in this block's peak) and the
+    peak counters are reset, so the peaks are this block's. What was held on entry is kept in ``*_entry_gb``.
+    """
     import time
 
     import torch
 
     peak = PeakMemory()
     cuda = torch.cuda.is_available()
+    gc.collect()
     if cuda:
         torch.cuda.synchronize()
+        if release_cache:
+            torch.cuda.empty_cache()
+        _LIFETIME_PEAK_VRAM_GB[:] = peak_vram_gb()  # keep the lesson's peak for cu.record before resetting
         torch.cuda.reset_peak_memory_stats()
+        peak.allocated_entry_gb = torch.cuda.memory_allocated() / GIB
+        peak.reserved_entry_gb = torch.cuda.memory_reserved() / GIB
+    reset = reset_peak_rss()
+    peak.rss_entry_gb = current_rss_gb()
     start = time.perf_counter()
     try:
         yield peak
@@ -189,5 +309,5 @@ def track_peak_memory() -> Iterator[PeakMemory]:
             torch.cuda.synchronize()
             peak.allocated_gb = torch.cuda.max_memory_allocated() / GIB
             peak.reserved_gb = torch.cuda.max_memory_reserved() / GIB
-        peak.rss_gb = peak_rss_gb()
+        peak.rss_gb = _hwm_gb() if reset else peak_rss_gb()
         peak.seconds = time.perf_counter() - start

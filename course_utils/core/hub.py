@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-from course_utils.core.errors import SMOKE_HINT, CourseError, MissingData
+from course_utils.core.errors import SMOKE_HINT, BadParameter, CourseError, MissingData
 from course_utils.core.memory import GIB
 
 DISK_MARGIN_GB = 2.0  # keep this much free after a download (temporary files, the rest of the system)
@@ -29,6 +30,36 @@ class NotEnoughDisk(CourseError):
     """The download would not fit on the disk that holds the Hugging Face cache."""
 
     kind = "not enough disk"
+
+
+# ------------------------------------------------------------------------------- pinned revisions
+
+#: A hub commit: 40 hexadecimal digits (a branch or tag name can move under the lesson's numbers).
+COMMIT_HASH = re.compile(r"[0-9a-f]{40}")
+#: A hub id: ``owner/name`` (letters, digits, ``-``, ``_``, ``.``; no spaces, no third part).
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
+def check_revision(model_id: str, revision: str | None) -> None:
+    """Stop at setup, in one sentence, unless ``model_id`` is a local folder or a hub id pinned to a commit.
+
+    Raises :class:`~course_utils.core.errors.BadParameter` for an id that cannot be a hub id (``"llama 3"``,
+    ``"a/b/c"``, a folder that does not exist) and for a revision that is not a 40-hex commit (``None``, ``"main"``, a
+    tag, a short hash): a branch moves, and the lesson's numbers were measured on one commit. A local folder needs no
+    revision. Call it before anything is downloaded.
+    """
+    if isinstance(model_id, (str, os.PathLike)) and Path(model_id).expanduser().is_dir():
+        return
+    page = f"https://huggingface.co/{model_id}"
+    if not isinstance(model_id, str) or not REPO_ID.fullmatch(model_id):
+        raise BadParameter(
+            f"{model_id!r} is neither a local folder nor a hub id of the form 'owner/name': check the spelling (e.g. "
+            f"'meta-llama/Llama-3.1-8B-Instruct') or the folder's path, or {SMOKE_HINT}.")
+    if not isinstance(revision, str) or not COMMIT_HASH.fullmatch(revision):
+        raise BadParameter(
+            f"{model_id} is not pinned (revision={revision!r}; a branch or tag can change under the lesson): open "
+            f"{page}/commits/main, copy the full 40-character hash of the commit you want and pass "
+            f"revision='<that hash>', or {SMOKE_HINT}.")
 
 
 # ------------------------------------------------------------------------------- hub errors, one sentence

@@ -12,7 +12,8 @@ Rules of thumb behind the formulas (each a line in :func:`estimate_training_vram
   momentum: 4); frozen params pay only their weights.
 * activations: without checkpointing every layer keeps its intermediates for the backward pass; with
   checkpointing only each layer's input is kept, and one layer is recomputed at a time.
-* logits: batch x sequence x vocab in fp32, a few copies (logits, log-softmax, gradient).
+* logits: batch x sequence x vocab, 14 bytes each in the pinned transformers' loss path (see :func:`logits_gb`),
+  or much less with a chunked cross-entropy (``chunked_loss=True``).
 """
 
 from __future__ import annotations
@@ -68,6 +69,11 @@ class ModelShape:
     embedding_params: float = 0.0  # embeddings + untied LM head: never quantised
     activation_gb_per_sample: float = 0.0  # for non-transformer models
     notes: str = ""
+    gated_mlp: bool = True  # SwiGLU/GeGLU: gate, up and down projections (3 matrices) instead of 2
+    tied_embeddings: bool = False  # the LM head shares the input embedding matrix
+    #: non-transformers: the share of activation memory gradient checkpointing keeps (block inputs plus one block
+    #: recomputed at a time). 0.35 is a rule of thumb for a U-Net / ResNet checkpointed block by block; measure yours.
+    checkpointed_fraction: float = 0.35
 
     @property
     def is_transformer(self) -> bool:
@@ -83,7 +89,7 @@ class ModelShape:
             return 0.0
         h, kv = self.hidden_size, self.n_kv_heads * self.head_dim
         attn = (h + self.n_heads * self.head_dim) * 2 + (h + kv) * 2  # q, o, k, v: r x (in + out) each
-        mlp = 3 * (h + self.intermediate_size)
+        mlp = (3 if self.gated_mlp else 2) * (h + self.intermediate_size)
         per_layer = attn + (mlp if targets == "all-linear" else 0)
         return float(rank * per_layer * self.n_layers)
 
@@ -100,25 +106,73 @@ class ModelShape:
         layers = int(get("num_hidden_layers") or get("n_layer") or get("num_layers"))
         heads = int(get("num_attention_heads") or get("n_head"))
         kv_heads = int(get("num_key_value_heads") or heads)
-        head_dim = int(get("head_dim") or h // heads)
+        model_type = str(get("model_type") or "")
+        head_dim = int(get("head_dim") or _CONFIG_DEFAULTS.get(model_type, {}).get("head_dim") or h // heads)
         inter = int(get("intermediate_size") or get("n_inner") or 4 * h)
         vocab = int(get("vocab_size"))
-        tied = bool(get("tie_word_embeddings", False))
-        gated = (get("hidden_act") or get("activation_function") or "silu") in ("silu", "swiglu")
+        tied = _tied_embeddings(get, model_type)
+        gated = _gated_mlp(get, model_type)
         attn = h * heads * head_dim * 2 + h * kv_heads * head_dim * 2
+        if model_type in _QKV_BIAS or get("attention_bias"):
+            attn += heads * head_dim + 2 * kv_heads * head_dim
         mlp = (3 if gated else 2) * h * inter
-        per_layer = attn + mlp + 2 * h
+        per_layer = attn + mlp + _NORMS_PER_LAYER.get(model_type, 2) * h
         emb = vocab * h * (1 if tied else 2)
         total = per_layer * layers + emb + h
         return cls(
-            name=name or str(get("_name_or_path") or get("model_type") or "model"),
+            name=name or str(get("_name_or_path") or model_type or "model"),
             n_params=float(total), n_layers=layers, hidden_size=h, intermediate_size=inter,
             n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim, vocab_size=vocab, embedding_params=float(emb),
+            gated_mlp=gated, tied_embeddings=tied,
         )
 
     @classmethod
-    def from_params(cls, n_params: float, name: str = "model", activation_gb_per_sample: float = 0.0) -> ModelShape:
-        return cls(name=name, n_params=float(n_params), activation_gb_per_sample=activation_gb_per_sample)
+    def from_params(cls, n_params: float, name: str = "model", activation_gb_per_sample: float = 0.0,
+                    checkpointed_fraction: float = 0.35) -> ModelShape:
+        return cls(name=name, n_params=float(n_params), activation_gb_per_sample=activation_gb_per_sample,
+                   checkpointed_fraction=checkpointed_fraction)
+
+
+# What the config's fields mean, per architecture (transformers 5.23's modeling files; no names guessed):
+#: model types whose MLP is gated: down(act(gate(x)) * up(x)) — 3 matrices. Llama/Mistral/Qwen use SiLU (SwiGLU),
+#: Gemma uses GELU-tanh (GeGLU): the activation alone does not tell, the architecture does.
+_GATED_MODEL_TYPES = {
+    "llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe", "gemma", "gemma2", "gemma3",
+    "gemma3_text", "phi3", "olmo", "olmo2", "cohere", "granite", "internlm2", "stablelm", "deepseek_v2", "deepseek_v3",
+    "smollm3", "exaone", "glm", "helium",
+}
+#: model types whose MLP is a plain two-matrix up/down projection.
+_PLAIN_MLP_MODEL_TYPES = {"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2", "bert", "roberta",
+                          "whisper", "clip", "clip_vision_model", "siglip_vision_model", "vit", "gpt_bigcode"}
+#: the config class's default for ``tie_word_embeddings`` when a config.json leaves it out (Gemma's do).
+_TIED_BY_DEFAULT = {"gemma", "gemma2", "gemma3", "gemma3_text", "gpt2", "opt", "bloom", "gpt_bigcode", "whisper"}
+#: attention with q/k/v biases although the config has no ``attention_bias`` field (Qwen2's modeling code).
+_QKV_BIAS = {"qwen2", "qwen2_moe"}
+#: RMSNorms per decoder layer: Gemma-2/3 add a norm before and after the MLP and after attention.
+_NORMS_PER_LAYER = {"gemma2": 4, "gemma3": 4, "gemma3_text": 4}
+#: defaults the config class fills in when config.json omits them.
+_CONFIG_DEFAULTS = {"gemma": {"head_dim": 256}, "gemma2": {"head_dim": 256}, "qwen3": {"head_dim": 128}}
+
+
+def _gated_mlp(get: Any, model_type: str) -> bool:
+    """Gated MLP, from the config: the architecture (model_type), else T5-style ``feed_forward_proj``, else the
+    SwiGLU convention (a ``silu``/``swiglu`` activation on a decoder whose type we do not know)."""
+    if model_type in _GATED_MODEL_TYPES:
+        return True
+    if model_type in _PLAIN_MLP_MODEL_TYPES:
+        return False
+    proj = get("feed_forward_proj")
+    if proj:
+        return str(proj).startswith("gated")
+    act = get("hidden_act") or get("hidden_activation") or get("activation_function") or "silu"
+    return str(act) in ("silu", "swiglu", "swish")
+
+
+def _tied_embeddings(get: Any, model_type: str) -> bool:
+    value = get("tie_word_embeddings")
+    if value is None:
+        return model_type in _TIED_BY_DEFAULT
+    return bool(value)
 
 
 def _vision_params(vision: Any) -> float:
@@ -196,11 +250,14 @@ def estimate_training_vram(
     lora_targets: str = "all-linear",
     weight_bits: int | None = None,
     overhead_gb: float = CUDA_CONTEXT_GB,
+    chunked_loss: bool = False,
+    loss_chunks: int = 8,
 ) -> VRAMEstimate:
     """Estimate peak training memory for full fine-tuning, LoRA (16-bit base) or QLoRA (4-bit base).
 
     Full fine-tuning assumes mixed precision with fp32 master weights (4 + 4 bytes of weight and gradient a
-    parameter) unless ``weight_bits`` says otherwise.
+    parameter) unless ``weight_bits`` says otherwise. ``chunked_loss=True`` counts a chunked cross-entropy
+    (torchtune's ``CEWithChunkedOutputLoss``, ``loss_chunks`` chunks) instead of transformers' whole-batch loss.
     """
     est = VRAMEstimate()
     opt = OPTIMIZER_BYTES[optimizer]
@@ -218,9 +275,13 @@ def estimate_training_vram(
         if not shape.is_transformer:
             est.notes.append("LoRA size needs transformer dimensions; only the frozen weights were counted")
     est.parts["activations"] = _training_activations_gb(shape, seq_len, batch_size, gradient_checkpointing)
+    if not shape.is_transformer and gradient_checkpointing and shape.activation_gb_per_sample:
+        est.notes.append(f"gradient checkpointing keeps ~{shape.checkpointed_fraction:.0%} of the activations "
+                         "(a rule of thumb for block-wise checkpointing)")
     if shape.is_transformer and shape.vocab_size:
-        # fp32 logits, their log-softmax and their gradient for every token in the batch
-        est.parts["logits"] = batch_size * seq_len * shape.vocab_size * 4 * 2 / GIB
+        est.parts["logits"] = logits_gb(shape, seq_len, batch_size, chunked_loss, loss_chunks)
+        if chunked_loss:
+            est.notes.append(f"chunked cross-entropy: the fp32 loss path is counted for one of {loss_chunks} chunks")
     if method == "qlora":
         largest = max(shape.hidden_size * shape.intermediate_size, shape.hidden_size**2) * 2
         est.parts["dequant buffer"] = 2 * largest / GIB
@@ -228,14 +289,45 @@ def estimate_training_vram(
     return est
 
 
+#: Bytes per logit (per token, per vocabulary entry) at the peak of transformers 5.23's causal-LM loss path, read
+#: from ``models/llama/modeling_llama.py`` (``LlamaForCausalLM.forward``) and ``loss/loss_utils.py``
+#: (``ForCausalLMLoss`` -> ``fixed_cross_entropy`` -> ``F.cross_entropy`` = log_softmax + nll_loss):
+#:
+#: * 2: ``logits = self.lm_head(hidden_states)`` in bf16, returned in the model's output (a loop that keeps
+#:   ``out = model(...)`` alive through ``out.loss.backward()`` holds it for the whole step);
+#: * 4: ``logits = logits.float()`` — the fp32 upcast ("to avoid potential precision issues"); autograd does not
+#:   save it, so it is freed when the loss function returns, but it exists while log_softmax runs;
+#: * 4: log_softmax's fp32 output, saved by autograd for the backward pass;
+#: * backward: nll_loss's gradient is a dense fp32 [tokens, vocab] tensor (4) and log_softmax's backward writes
+#:   another (4) while its saved output (4) is still alive; then the gradient is cast back to bf16 (2).
+#:
+#: Forward peak: 2 + 4 + 4 = 10; backward peak: 2 (bf16 logits held) + 4 (saved log-probs) + 4 + 4 (gradients) = 14.
+#: Trainer's ``compute_loss`` drops the output before ``backward``: 12 there. The estimate counts 14.
+LOSS_PATH_BYTES = 14
+#: With a chunked cross-entropy the bf16 logits of the whole batch still exist (2 bytes); the fp32 upcast, the
+#: log-probs and the gradients (4 + 4 + 4) exist for one chunk at a time.
+CHUNKED_BF16_BYTES, CHUNKED_FP32_BYTES = 2, 12
+
+
+def logits_gb(shape: ModelShape, seq_len: int, batch_size: int = 1, chunked_loss: bool = False,
+              loss_chunks: int = 8) -> float:
+    """Peak memory of the LM head's logits and the cross-entropy on them (GiB); see :data:`LOSS_PATH_BYTES`."""
+    n = batch_size * seq_len * shape.vocab_size
+    if chunked_loss:
+        return n * (CHUNKED_BF16_BYTES + CHUNKED_FP32_BYTES / max(1, loss_chunks)) / GIB
+    return n * LOSS_PATH_BYTES / GIB
+
+
 def _training_activations_gb(shape: ModelShape, seq_len: int, batch_size: int, checkpointing: bool) -> float:
     if not shape.is_transformer:
-        factor = 1.0 if checkpointing else 1.0
+        # measured (or guessed) per sample without checkpointing; checkpointing keeps a share of it
+        factor = shape.checkpointed_fraction if checkpointing else 1.0
         return shape.activation_gb_per_sample * batch_size * factor
     tokens = seq_len * batch_size
     h, i = shape.hidden_size, shape.intermediate_size
-    # one layer's saved tensors in 16-bit with SDPA (no seq x seq matrix): norms, q/k/v/o, MLP in/out, SwiGLU
-    per_layer = tokens * (10 * h + 4 * i) * 2
+    # one layer's saved tensors in 16-bit with SDPA (no seq x seq matrix): norms, q/k/v/o, MLP in/out, and the
+    # gated MLP's gate/up/product (4 intermediate-sized tensors; 2 for a plain MLP)
+    per_layer = tokens * (10 * h + (4 if shape.gated_mlp else 2) * i) * 2
     if checkpointing:
         return (shape.n_layers * tokens * h * 2 + per_layer) / GIB
     return shape.n_layers * per_layer / GIB
@@ -264,18 +356,18 @@ def fits_card(estimate: VRAMEstimate | float, card_gb: float = REFERENCE_CARD_GB
 
 # Shapes written down from the models' published config.json files (no download needed).
 LLAMA_3_1_8B = ModelShape.from_hf_config(
-    dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, head_dim=128,
-         intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, hidden_act="silu"),
+    dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+         head_dim=128, intermediate_size=14336, vocab_size=128256, tie_word_embeddings=False, hidden_act="silu"),
     name="Llama-3.1-8B",
 )
 QWEN2_5_7B = ModelShape.from_hf_config(
-    dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, head_dim=128,
-         intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False, hidden_act="silu"),
+    dict(model_type="qwen2", hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+         head_dim=128, intermediate_size=18944, vocab_size=152064, tie_word_embeddings=False, hidden_act="silu"),
     name="Qwen2.5-7B",
 )
 LLAVA_1_5_7B = ModelShape.from_hf_config(
-    dict(text_config=dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                          intermediate_size=11008, vocab_size=32064, hidden_act="silu"),
+    dict(text_config=dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                          num_key_value_heads=32, intermediate_size=11008, vocab_size=32064, hidden_act="silu"),
          vision_config=dict(hidden_size=1024, num_hidden_layers=24, intermediate_size=4096)),
     name="LLaVA-1.5-7B",
 )

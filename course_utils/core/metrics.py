@@ -16,14 +16,15 @@ _RECORDED: dict[str, object] = {}
 
 
 def _peak_memory() -> dict[str, float]:
-    from course_utils.core.gpu import peak_rss_gb
-    from course_utils.core.memory import GIB
+    from course_utils.core.gpu import peak_rss_gb, peak_vram_gb
 
     peaks = {"peak_rss_gb": round(peak_rss_gb(), 3)}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        peaks["peak_vram_allocated_gb"] = round(torch.cuda.max_memory_allocated() / GIB, 3)
-        peaks["peak_vram_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GIB, 3)
+        # the whole kernel's peaks, also across the resets track_peak_memory does for its own blocks
+        allocated, reserved = peak_vram_gb()
+        peaks["peak_vram_allocated_gb"] = round(allocated, 3)
+        peaks["peak_vram_reserved_gb"] = round(reserved, 3)
     return peaks
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator
 
-from course_utils.core.errors import CourseError
+from course_utils.core.errors import BadParameter, CourseError
 
 #: What to try, in order, when a step runs out of memory (the seeds' order).
 OOM_ADVICE = (
@@ -56,13 +56,27 @@ def explain_oom(what: str = "this step") -> Iterator[None]:
 
 
 def find_max_batch_size(step: Callable[[int], object], start: int = 512, minimum: int = 1, verbose: bool = True) -> int:
-    """Largest batch size in ``start, start/2, start/4, ...`` for which ``step(batch_size)`` runs without OOM.
+    """Largest batch size in ``start, start/2, start/4, ...`` (down to ``minimum``) for which ``step(batch_size)``
+    runs without OOM.
 
     ``step`` should run one full training step (forward, backward, optimizer) at that batch size. Memory is
-    released between tries. Raises :class:`OutOfMemory` if even ``minimum`` does not fit.
+    released between tries. At most ``log2(start / minimum) + 1`` tries: it cannot loop forever. Raises
+    :class:`OutOfMemory` if even ``minimum`` does not fit, and :class:`BadParameter` for a ``start`` or ``minimum``
+    that leaves nothing to try.
     """
+    for name, value in (("start", start), ("minimum", minimum)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BadParameter(f"find_max_batch_size: {name} must be a whole number of samples, not {value!r}.")
+    if start <= 0:
+        raise BadParameter(f"find_max_batch_size: start must be a batch size of 1 or more, not {start}.")
+    if minimum < 1:
+        raise BadParameter(f"find_max_batch_size: minimum must be 1 or more, not {minimum}.")
+    if minimum > start:
+        raise BadParameter(f"find_max_batch_size: minimum ({minimum}) is larger than start ({start}): nothing to try.")
     batch = start
-    while batch >= minimum:
+    for _ in range(start.bit_length() + 1):  # halving from start reaches 0 within bit_length steps
+        if batch < minimum:
+            break
         try:
             step(batch)
         except BaseException as err:

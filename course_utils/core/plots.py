@@ -7,14 +7,30 @@ from typing import Any
 
 
 def plot_curves(history: Mapping[str, Sequence[float]], title: str = "Training curves", xlabel: str = "step",
-                ylabel: str | None = None, ax: Any = None) -> Any:
-    """Plot one line per series in ``history`` (e.g. ``{"train loss": [...], "val loss": [...]}``)."""
+                ylabel: str | None = None, ax: Any = None, *,
+                x: Sequence[float] | Mapping[str, Sequence[float]] | None = None) -> Any:
+    """Plot one line per series in ``history`` (e.g. ``{"train loss": [...], "val loss": [...]}``).
+
+    ``x`` gives the steps the values were logged at: one sequence for every series, or a mapping with a sequence per
+    series (train loss is logged every step, val loss every ``EVAL_INTERVAL`` steps: ``x={"train loss": steps,
+    "val loss": eval_steps}``). A series without x values is plotted at 1, 2, 3, ...
+    """
     import matplotlib.pyplot as plt
+
+    from course_utils.core.errors import BadParameter
 
     if ax is None:
         _, ax = plt.subplots(figsize=(6, 3.5))
     for name, values in history.items():
-        ax.plot(range(1, len(values) + 1), list(values), label=name)
+        values = list(values)
+        xs = x.get(name) if isinstance(x, Mapping) else x
+        xs = list(range(1, len(values) + 1)) if xs is None else list(xs)
+        if len(xs) != len(values):
+            raise BadParameter(f"plot_curves: {name!r} has {len(values)} values but {len(xs)} x values; "
+                               "pass x={name: steps} with one step per value.")
+        ax.plot(xs, values, label=name, marker="o" if len(values) <= 20 else None)
+    if isinstance(x, Mapping) and set(x) - set(history):
+        raise BadParameter(f"plot_curves: x has series that history lacks: {sorted(set(x) - set(history))}.")
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel or ", ".join(history))

@@ -5,7 +5,8 @@ so a learner compares runs side by side from JupyterLab::
 
     writer = cu.tracker("04_gpt_from_scratch")          # a SummaryWriter for a new run
     writer.add_scalar("loss/train", loss, step)
-    # Hugging Face trainers: TrainingArguments(report_to=["tensorboard"], logging_dir=str(cu.tracking_dir("06_qlora")))
+    # Hugging Face trainers (transformers 5 has no logging_dir): report_to="none" and
+    #   callbacks=[TensorBoardCallback(cu.tracker("06_qlora_finetune_8b"))]
     # then, in a notebook:  %load_ext tensorboard   and   %tensorboard --logdir ../runs/tensorboard
 """
 
@@ -25,7 +26,8 @@ def tracking_root() -> Path:
 
 
 def tracking_dir(lesson: str, run: str | None = None) -> Path:
-    """A new folder for one run of ``lesson`` (named by ``run``, else the time), created on demand."""
+    """A new folder for one run of ``lesson`` (named by ``run``, else the time), created on demand (Ultralytics,
+    or any tool that takes a log folder, writes there)."""
     path = tracking_root() / lesson / (run or time.strftime("%Y%m%d-%H%M%S"))
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -13,41 +13,23 @@ Each lesson declares what it must achieve in its notebook metadata::
 from __future__ import annotations
 
 import argparse
-import ast
 import datetime as dt
 import json
-import operator
+import logging
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from course_utils.core.errors import BadParameter
 from course_utils.core.paths import REPO_ROOT
+from course_utils.runner.params import check_overrides, lesson_parameters, parse_value  # noqa: F401 (re-exported)
+from course_utils.runner.report import NEEDS_GPU, LessonResult, summary_line, write_report  # noqa: F401
+from course_utils.runner.targets import OPS, BadTarget, TargetResult, check_targets, parse_targets  # noqa: F401
 
 NOTEBOOKS = REPO_ROOT / "notebooks"
-OPS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt, "==": operator.eq}
-
-
-@dataclass
-class TargetResult:
-    metric: str
-    op: str
-    value: float
-    actual: object
-    met: bool
-
-
-@dataclass
-class LessonResult:
-    lesson: str
-    title: str
-    status: str  # "passed" | "failed" | "missed target" | "needs GPU"
-    seconds: float
-    output: str
-    metrics: dict = field(default_factory=dict)
-    targets: list[TargetResult] = field(default_factory=list)
-    error: str = ""
+#: Seconds a single cell may run before the lesson is stopped and reported failed (``--timeout`` overrides).
+CELL_TIMEOUT_S = {"full": 1800, "smoke": 300}
 
 
 def discover(selection: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
@@ -73,22 +55,6 @@ def lesson_meta(path: Path) -> dict:
     return json.loads(path.read_text()).get("metadata", {}).get("course", {})
 
 
-def check_targets(targets: dict, metrics: dict) -> list[TargetResult]:
-    results = []
-    for metric, (op, value) in targets.items():
-        actual = metrics.get(metric)
-        met = actual is not None and bool(OPS[op](actual, value))
-        results.append(TargetResult(metric, op, value, actual, met))
-    return results
-
-
-def parse_value(text: str) -> object:
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
 def _kernel_for(path: Path, override: str | None) -> str:
     if override:
         return override
@@ -98,78 +64,134 @@ def _kernel_for(path: Path, override: str | None) -> str:
     return wanted if wanted in KernelSpecManager().find_kernel_specs() else "python3"
 
 
-def run_lesson(path: Path, out_dir: Path, mode: str, params: dict, kernel: str | None = None,
+
+def _kernel_manager_class():
+    """A kernel manager that talks to the kernel over local IPC sockets instead of TCP on localhost.
+
+    Over TCP, ipykernel warns (rightly) that the traffic is unencrypted and open to other local users; IPC sockets
+    live in the user's private runtime folder. Windows has no IPC transport: keep the default there.
+    """
+    from jupyter_client.manager import AsyncKernelManager as KernelManager  # what nbclient uses by default
+    from traitlets import default
+
+    if os.name != "posix":
+        return KernelManager
+
+    class IPCKernelManager(KernelManager):
+        @default("transport")
+        def _transport_default(self) -> str:
+            return "ipc"
+
+    return IPCKernelManager
+
+
+def _prepare(path: Path, params: dict, kernel: str):
+    """The notebook with ``params`` injected after its parameters cell (papermill's cell, tagged
+    ``injected-parameters``). The names were checked against the parameters cell already (:func:`check_overrides`),
+    so papermill's own guessing, and its warnings about lines it cannot parse, are not needed."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    nb = load_notebook_node(str(path))
+    if params:
+        nb = parameterize_notebook(nb, params, kernel_name=kernel, language="python")
+    return nb
+
+
+def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None, kernel: str | None = None,
                timeout: int | None = None, progress: bool = True) -> LessonResult:
+    """Run one lesson with papermill; never raises for a lesson that fails, dies or hangs: the result says so.
+
+    ``params`` are checked against the lesson's parameters cell first (a bad name or value is a
+    :class:`BadParameter`). ``timeout`` is the seconds a cell may take (default :data:`CELL_TIMEOUT_S`; 0: none).
+    """
     import papermill as pm
 
+    path = Path(path)
+    values = check_overrides(path, dict(params or {}))
     meta = lesson_meta(path)
-    output = out_dir / path.name
-    metrics_file = out_dir / f"{path.stem}.metrics.json"
+    targets = parse_targets(meta.get("targets", {}).get(mode, {}), mode, path.stem)
+    output = Path(out_dir) / path.name
+    metrics_file = Path(out_dir) / f"{path.stem}.metrics.json"
     metrics_file.unlink(missing_ok=True)
+    if timeout is None:
+        timeout = CELL_TIMEOUT_S[mode]
+    kernel_name = _kernel_for(path, kernel)
     env_before = dict(os.environ)
     os.environ["COURSE_METRICS_FILE"] = str(metrics_file)
-    os.environ["SMOKE"] = "1" if mode == "smoke" else "0"
+    os.environ["SMOKE"] = "1" if mode == "smoke" else "0"  # the parameters cell reads SMOKE from the environment
     start = time.perf_counter()
     status, error = "passed", ""
     try:
         pm.execute_notebook(
-            str(path), str(output), parameters={"SMOKE": mode == "smoke", **params},
-            kernel_name=_kernel_for(path, kernel), cwd=str(path.parent), progress_bar=progress,
-            execution_timeout=timeout, log_output=False,
+            _prepare(path, values, kernel_name), str(output), kernel_name=kernel_name, cwd=str(path.parent),
+            progress_bar=progress, execution_timeout=timeout or None, log_output=False,
+            kernel_manager_class=_kernel_manager_class(),
         )
     except pm.PapermillExecutionError as err:
-        status = "needs GPU" if err.ename == "NeedsGPU" else "failed"
+        status = NEEDS_GPU if err.ename == "NeedsGPU" else "failed"
         error = f"{err.ename}: {err.evalue}".strip()
-    except Exception as err:  # kernel died, timeout, bad notebook: keep going with the next lesson
-        status, error = "failed", f"{type(err).__name__}: {err}"
+    except Exception as err:  # kernel died, cell timed out, bad notebook: keep going with the next lesson
+        status, error = "failed", f"{type(err).__name__}: {err}".strip()
+        if "Timeout" in type(err).__name__ or "timed out" in str(err):
+            error = f"a cell ran longer than the {timeout} s limit (--timeout to change it): {error}"
     finally:
         os.environ.clear()
         os.environ.update(env_before)
     seconds = time.perf_counter() - start
-    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
-    targets = check_targets(meta.get("targets", {}).get(mode, {}), metrics) if status == "passed" else []
-    if status == "passed" and not all(t.met for t in targets):
+    metrics: dict = {}
+    if metrics_file.exists():
+        try:
+            metrics = json.loads(metrics_file.read_text())
+        except (OSError, ValueError) as err:
+            status, error = "failed", error or f"unreadable metrics file {metrics_file.name}: {err}"
+    results = [] if status == NEEDS_GPU else check_targets(targets, metrics)
+    if status == NEEDS_GPU:  # list the targets anyway, with their source, as not reached
+        results = [TargetResult(t.metric, t.op, t.value, None, False, t.source, "not run") for t in targets]
+    if status == "passed" and not all(t.met for t in results):
         status = "missed target"
-    return LessonResult(path.stem, meta.get("title", path.stem), status, round(seconds, 1), str(output), metrics, targets, error)
+    return LessonResult(path.stem, meta.get("title", path.stem), status, round(seconds, 1), str(output), metrics,
+                        results, error)
 
 
-def _fmt(value: object) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+class _DropPapermillNoise(logging.Filter):
+    """Papermill logs at INFO what the runner prints itself (input/output paths); keep only real problems."""
 
-
-def write_report(results: list[LessonResult], out_dir: Path, mode: str, env: dict) -> tuple[Path, Path]:
-    data = {"mode": mode, "finished": dt.datetime.now().isoformat(timespec="seconds"), "environment": env,
-            "lessons": [asdict(r) for r in results]}
-    json_path, md_path = out_dir / "report.json", out_dir / "report.md"
-    json_path.write_text(json.dumps(data, indent=2, default=str))
-    lines = [f"# Course run — {mode} mode", "",
-             f"GPU: {env.get('gpu')} · torch {env.get('packages', {}).get('torch', '?')} · "
-             f"python {env.get('python')} · commit {env.get('git_commit') or '?'} · {data['finished']}", "",
-             "| lesson | status | time (s) | peak VRAM (GiB) | peak RSS (GiB) | targets |", "|---|---|---|---|---|---|"]
-    for r in results:
-        vram = r.metrics.get("peak_vram_reserved_gb", "-")
-        rss = r.metrics.get("peak_rss_gb", "-")
-        targets = "; ".join(f"{t.metric} {_fmt(t.actual)} {t.op} {t.value} {'✓' if t.met else '✗'}" for t in r.targets)
-        status = f"{r.status}: {r.error}" if r.error else r.status
-        lines.append(f"| {r.lesson} | {status.replace('|', '/')} | {r.seconds} | {_fmt(vram)} | {_fmt(rss)} | {targets or '-'} |")
-    md_path.write_text("\n".join(lines) + "\n")
-    return json_path, md_path
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="course-run", description="Run the course's lessons and write a report.")
+    parser = argparse.ArgumentParser(
+        prog="course-run", description="Run the course's lessons and write runs/<time>/report.md and report.json.")
     parser.add_argument("lessons", nargs="*", help="lesson numbers or names (default: all, in order)")
     parser.add_argument("--mode", choices=("full", "smoke"), default=os.environ.get("MODE", "full"))
-    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("KEY", "VALUE"),
-                        help="override a parameter of the lessons' parameters cell")
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        help="set a knob of the lessons' parameters cell (checked: it must exist, with the right type)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs", help="where runs/<timestamp>/ goes")
     parser.add_argument("--kernel", help="Jupyter kernel (default: the notebook's, else python3)")
-    parser.add_argument("--timeout", type=int, default=None, help="seconds allowed per cell")
-    parser.add_argument("--strict", action="store_true", help="also fail when a lesson could not run for want of a GPU")
+    parser.add_argument("--timeout", type=int, default=None,
+                        help=f"seconds a cell may run (default {CELL_TIMEOUT_S['full']} full, "
+                             f"{CELL_TIMEOUT_S['smoke']} smoke; 0: no limit)")
+    parser.add_argument("--skip-gpu-lessons", action="store_true",
+                        default=os.environ.get("SKIP_GPU", "") not in ("", "0"),
+                        help="exit 0 even if lessons could not run for want of a GPU (also: SKIP_GPU=1). "
+                             "Without it, a full run that skipped any lesson fails.")
     args = parser.parse_args(argv)
+    if args.timeout is not None and args.timeout < 0:
+        parser.error("--timeout must be 0 (no limit) or a number of seconds")
 
     lessons = discover(args.lessons)
-    params = {key: parse_value(value) for key, value in args.parameter}
+    # check every lesson's targets and every -p before running anything: a typo should not cost an hour's run
+    try:
+        params = {name: value for name, value in args.parameter}
+        for path in lessons:
+            check_overrides(path, params)
+            parse_targets(lesson_meta(path).get("targets", {}).get(args.mode, {}), args.mode, path.stem)
+    except (BadParameter, BadTarget) as err:
+        print(f"course-run: {err}", file=sys.stderr)
+        return 2
+    logging.getLogger("papermill").addFilter(_DropPapermillNoise())
     out_dir = args.out / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     from course_utils.core.repro import environment_snapshot
@@ -182,10 +204,15 @@ def main(argv: list[str] | None = None) -> int:
         result = run_lesson(path, out_dir, args.mode, params, args.kernel, args.timeout)
         results.append(result)
         print(f"    {result.status} in {result.seconds:.1f} s" + (f" — {result.error}" if result.error else ""), flush=True)
-    _, md = write_report(results, out_dir, args.mode, env)
+    _, md = write_report(results, out_dir, args.mode, env, args.skip_gpu_lessons)
     print(md.read_text())
-    bad = [r for r in results if r.status in ("failed", "missed target") or (args.strict and r.status == "needs GPU")]
-    return 1 if bad else 0
+    bad = [r for r in results if r.status in ("failed", "missed target")]
+    skipped = [r for r in results if r.status == NEEDS_GPU]
+    if skipped and not args.skip_gpu_lessons:
+        print(f"course-run: {len(skipped)} lesson(s) could not run for want of a GPU "
+              f"({', '.join(r.lesson for r in skipped)}); run them on a GPU, run --mode smoke, or pass "
+              "--skip-gpu-lessons (SKIP_GPU=1 make course) to accept the skip.", file=sys.stderr)
+    return 1 if bad or (skipped and not args.skip_gpu_lessons) else 0
 
 
 if __name__ == "__main__":

@@ -1,32 +1,23 @@
-"""Stable Diffusion for lesson 09: the SD 1.5 pipeline (full) or a tiny one of the same classes (smoke), and
-captioned images to train a LoRA on (a learner's folder, a small public set, or generated captioned shapes).
-
-Full mode loads ``stable-diffusion-v1-5/stable-diffusion-v1-5`` at a pinned revision. Smoke mode builds, once, a
-~3 M-parameter pipeline of the real classes (``UNet2DConditionModel``, ``AutoencoderKL``, ``CLIPTextModel``, the
-SD 1.5 scheduler config) with random weights and the *real* CLIP tokenizer, rebuilt offline from the BPE vocabulary
-that ``open_clip_torch`` ships. It is saved with ``save_pretrained`` and loaded with the very
-``StableDiffusionPipeline.from_pretrained`` call full mode makes with the hub id.
+"""Stable Diffusion for lesson 09: the loaders. ``load_sd_pipeline`` gives SD 1.5 (full) or the tiny pipeline of the
+same classes (smoke, built by ``course_utils.smoke.diffusion``); ``caption_folder`` gives the folder of captioned
+images to train a LoRA on (the learner's folder, a public set exported once, or generated shapes), always in the same
+image + ``.txt`` layout, which the lesson reads itself.
 """
 
 from __future__ import annotations
 
-import gzip
-import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from course_utils.core.errors import BadParameter, MissingData
+from course_utils.core.errors import SMOKE_HINT, MissingData
 from course_utils.core.paths import atomic_dir, cache_dir
-
-if TYPE_CHECKING:  # pragma: no cover
-    from PIL import Image
 
 SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"  # the repo's main branch, a mirror of runwayml's
 CAPTION_DATASET_ID = "lambdalabs/naruto-blip-captions"  # 1,221 images with BLIP captions (diffusers' LoRA example)
-TINY_SD_NAME = "tiny-sd15-v2"  # bump when the tiny configs change so old caches are not reused
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# The data set's pin: the hub serves exactly this commit's files (the head of main since Oct 2022, "Update README.md"),
+# so the download is the same every time -- the hub's commit hash is the integrity check, no archive sha256 needed.
+CAPTION_DATASET_REVISION = "1ed13e8ef280bd45e3bbac4cfa8bbd9d64ec9f89"
 
 # SD 1.5's scheduler/scheduler_config.json (the pipeline's default PNDM sampler and the training noise schedule).
 SD15_SCHEDULER_CONFIG = {
@@ -36,144 +27,7 @@ SD15_SCHEDULER_CONFIG = {
 }
 
 
-# --------------------------------------------------------------------------------------------- tokenizer
-def clip_bpe_files(folder: str | Path) -> tuple[Path, Path]:
-    """Write CLIP's ``vocab.json`` and ``merges.txt`` (49,408 ids) from open_clip's shipped BPE vocabulary.
-
-    The layout is CLIP's own (and open_clip's ``SimpleTokenizer``'s): 256 byte symbols, the same 256 with the
-    end-of-word mark ``</w>``, the 48,894 merges in rank order, then ``<|startoftext|>`` and ``<|endoftext|>``.
-    """
-    from open_clip.tokenizer import bytes_to_unicode, default_bpe
-
-    path = Path(default_bpe())
-    if not path.exists():
-        raise MissingData("open_clip's BPE vocabulary is missing: reinstall the course's packages with `make setup`.")
-    merges = gzip.open(path).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    symbols = list(bytes_to_unicode().values())
-    vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m.split()) for m in merges]
-    vocab += ["<|startoftext|>", "<|endoftext|>"]
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab_file, merges_file = folder / "vocab.json", folder / "merges.txt"
-    vocab_file.write_text(json.dumps({token: i for i, token in enumerate(vocab)}, ensure_ascii=False))
-    merges_file.write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    return vocab_file, merges_file
-
-
-def build_clip_tokenizer(folder: str | Path) -> Any:
-    """SD 1.5's tokenizer (``CLIPTokenizer``, 77 tokens, pad = ``<|endoftext|>``) built without a download."""
-    from transformers import CLIPTokenizer
-
-    vocab_file, merges_file = clip_bpe_files(folder)
-    return CLIPTokenizer(
-        str(vocab_file), str(merges_file), model_max_length=77, bos_token="<|startoftext|>",
-        eos_token="<|endoftext|>", unk_token="<|endoftext|>", pad_token="<|endoftext|>",
-    )
-
-
 # --------------------------------------------------------------------------------------------- pipelines
-def build_tiny_sd_pipeline(image_size: int = 32, seed: int = 0) -> Any:
-    """A ~3 M-parameter ``StableDiffusionPipeline`` of SD 1.5's classes with random weights (for smoke mode).
-
-    The shapes mirror SD 1.5 at a small scale: cross-attention blocks at the high resolution, a plain block at
-    the low one, the VAE with 4 latent channels and SD's scaling factor, CLIP's text model with its 49,408-token
-    vocabulary. The VAE downsamples by 4 (SD's by 8), so 32-px images become 8x8 latents (SD: 512 px -> 64x64).
-    """
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.random.fork_rng(devices=[]):  # same weights every build, without touching the caller's RNG
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(
-            sample_size=image_size // 4, in_channels=4, out_channels=4, layers_per_block=1,
-            block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
-            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
-            sample_size=image_size, scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(
-            vocab_size=49408, hidden_size=32, intermediate_size=64, num_attention_heads=4, num_hidden_layers=2,
-            max_position_embeddings=77, projection_dim=32, hidden_act="quick_gelu",
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ))
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(tmp)
-    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG)
-    return StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-
-
-def save_random_sd15(folder: str | Path, seed: int = 0) -> Path:
-    """SD 1.5's exact architecture (UNet 860 M, VAE 84 M, CLIP ViT-L/14 text 123 M) with random weights, in fp16.
-
-    For measuring memory and speed on a GPU that cannot download the real weights: the folder is saved with the
-    ``fp16`` weight variant, so the lesson's full-mode call loads it as it loads the hub model
-    (``MODEL_ID = folder``, ``REVISION = None``). It has no safety checker (the hub model's adds ~0.6 GB in fp16).
-    Building takes ~1 min and ~4 GB of RAM; the folder is ~2 GB.
-    """
-    import tempfile
-
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(  # SD 1.5's unet/config.json
-            sample_size=64, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
-            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=768, attention_head_dim=8,
-        )
-        vae = AutoencoderKL(  # SD 1.5's vae/config.json
-            in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-            sample_size=512, scaling_factor=0.18215,
-        )
-        text_encoder = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text model
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-            max_position_embeddings=77, projection_dim=768, hidden_act="quick_gelu",
-            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-        ))
-    with tempfile.TemporaryDirectory() as tmp:
-        tokenizer = build_clip_tokenizer(tmp)
-    pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=PNDMScheduler.from_config(SD15_SCHEDULER_CONFIG),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    ).to(dtype=torch.float16)
-    with atomic_dir(folder) as tmp:
-        pipe.save_pretrained(tmp, variant="fp16")
-    return Path(folder)
-
-
-def write_captioned_folder(folder: str | Path, n: int = 100, size: int = 512, seed: int = 0) -> Path:
-    """Write ``n`` generated shapes as ``NNNN.png`` + ``NNNN.txt`` caption pairs: the layout ``DATA_DIR`` expects."""
-    with atomic_dir(folder) as tmp:
-        for i, item in enumerate(make_shapes_dataset(n, size, seed)):
-            item.image.save(tmp / f"{i:04d}.png")
-            (tmp / f"{i:04d}.txt").write_text(item.caption + "\n", encoding="utf-8")
-    return Path(folder)
-
-
-def tiny_sd_folder(image_size: int = 32) -> Path:
-    """The smoke pipeline's folder in the course cache, built on first use (~2 s) and written atomically."""
-    path = cache_dir() / f"{TINY_SD_NAME}-{image_size}px"
-    if (path / "model_index.json").exists():
-        return path
-    pipe = build_tiny_sd_pipeline(image_size)
-    with atomic_dir(path) as tmp:
-        pipe.save_pretrained(tmp)
-    return path
-
-
 def load_sd_pipeline(smoke: bool, model_id: str = SD15_ID, revision: str | None = SD15_REVISION,
                      dtype: Any = None, device: str | None = None) -> Any:
     """Load ``StableDiffusionPipeline``: SD 1.5 (full) or the tiny pipeline of the same classes (smoke).
@@ -195,9 +49,12 @@ def load_sd_pipeline(smoke: bool, model_id: str = SD15_ID, revision: str | None 
     if smoke and device == "cpu" and torch.get_num_threads() > 1:
         torch.set_num_threads(1)
         print("smoke mode on a CPU: PyTorch set to 1 thread (the tiny model's operations are too small to share)")
+    from course_utils.smoke.diffusion import tiny_sd_folder
+
     source, rev = (str(tiny_sd_folder()), None) if smoke else (model_id, revision)
     variant = "fp16" if dtype == torch.float16 and not smoke else None
-    from course_utils.topics.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+    from course_utils.core.hub import check_revision, hub_errors_explained  # hub failures -> one sentence
+    check_revision(source, rev)  # a local folder, or a hub id pinned to a commit: else one sentence, now
 
     with hub_errors_explained(model_id, alternative=None):
         pipe = StableDiffusionPipeline.from_pretrained(source, revision=rev, dtype=dtype, variant=variant)
@@ -205,135 +62,46 @@ def load_sd_pipeline(smoke: bool, model_id: str = SD15_ID, revision: str | None 
 
 
 # --------------------------------------------------------------------------------------------- data
-COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 30, 30), "green": (30, 170, 60), "blue": (30, 70, 220), "yellow": (240, 210, 30),
-    "white": (245, 245, 245), "black": (15, 15, 15), "purple": (140, 40, 180), "orange": (245, 130, 20),
-}
-SHAPES = ("circle", "square", "triangle")
+def caption_folder(data_dir: str | Path | None, smoke: bool, n: int = 100, size: int = 32, seed: int = 0,
+                   dataset_id: str = CAPTION_DATASET_ID, revision: str | None = CAPTION_DATASET_REVISION) -> Path:
+    """The folder of captioned images to train on: ``cat.png`` next to ``cat.txt`` (the learner's data format).
 
+    * ``data_dir``: the learner's own folder, returned as it is (the lesson reads it);
+    * else smoke mode: ``n`` generated shapes of ``size`` px written to the course cache (``smoke.diffusion``);
+    * else full mode: the first ``n`` rows of ``dataset_id`` from the Hugging Face hub at the pinned ``revision``
+      (a commit hash: the same files every time; the hub checks each file against that commit), exported once to
+      the course cache in the same image + ``.txt`` layout.
 
-@dataclass(frozen=True)
-class CaptionedShape:
-    """One generated picture and what is in it (the caption is built from the other fields)."""
-
-    image: Image.Image
-    caption: str
-    shape: str
-    color: str
-    background: str
-    box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the shape, inclusive pixels
-
-
-def draw_shape(shape: str, color: str, background: str, box: tuple[int, int, int, int], size: int) -> Image.Image:
-    """One flat shape on a flat background (PIL, no anti-aliasing so every pixel is one of the two colours)."""
-    from PIL import Image, ImageDraw
-
-    if shape not in SHAPES or color not in COLORS or background not in COLORS:
-        raise BadParameter(f"Unknown shape/colour {shape!r}/{color!r}/{background!r}; shapes: {SHAPES}, colours: {tuple(COLORS)}.")
-    image = Image.new("RGB", (size, size), COLORS[background])
-    draw = ImageDraw.Draw(image)
-    x0, y0, x1, y1 = box
-    if shape == "circle":
-        draw.ellipse(box, fill=COLORS[color])
-    elif shape == "square":
-        draw.rectangle(box, fill=COLORS[color])
-    else:
-        draw.polygon([((x0 + x1) / 2, y0), (x1, y1), (x0, y1)], fill=COLORS[color])
-    return image
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def make_shapes_dataset(n: int = 24, size: int = 32, seed: int = 0) -> list[CaptionedShape]:
-    """``n`` captioned pictures like "a red circle on a blue background", the same for the same seed.
-
-    Shapes cover 50-80 % of the side, roughly centred, so a caption stays true under a horizontal flip and a
-    centre crop (the augmentations of diffusers' LoRA script).
+    Whatever the source, the lesson reads the folder the same way.
     """
-    import numpy as np
-
-    if n < 1 or size < 16:
-        raise BadParameter(f"make_shapes_dataset needs n >= 1 and size >= 16 (got n={n}, size={size}).")
-    rng = np.random.default_rng(seed)
-    names = list(COLORS)
-    items = []
-    for _ in range(n):
-        shape = SHAPES[rng.integers(len(SHAPES))]
-        color, background = (names[i] for i in rng.choice(len(names), size=2, replace=False))
-        side = int(size * rng.uniform(0.5, 0.8))
-        x0 = int(rng.integers((size - side) // 4, size - side - (size - side) // 4 + 1))
-        y0 = int(rng.integers((size - side) // 4, size - side - (size - side) // 4 + 1))
-        box = (x0, y0, x0 + side - 1, y0 + side - 1)
-        image = draw_shape(shape, color, background, box, size)
-        caption = f"{_article(color)} {color} {shape} on {_article(background)} {background} background"
-        items.append(CaptionedShape(image, caption, shape, color, background, box))
-    return items
-
-
-def _read_folder(folder: Path) -> list[tuple[Path, str]]:
-    """Image files with captions from ``metadata.jsonl`` ({"file_name", "text"}) or ``<image stem>.txt`` sidecars."""
-    if not folder.is_dir():
-        raise MissingData(f"The image folder {folder} does not exist: put 20-150 images with captions there, or set DATA_DIR = None.")
-    captions: dict[str, str] = {}
-    meta = folder / "metadata.jsonl"
-    if meta.exists():
-        for line_no, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            name, text = row.get("file_name"), row.get("text", row.get("caption"))
-            if not name or text is None:
-                raise BadParameter(f"{meta} line {line_no}: each line needs \"file_name\" and \"text\" keys.")
-            captions[name] = str(text).strip()
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
-    pairs, missing = [], []
-    for path in images:
-        rel = path.relative_to(folder).as_posix()
-        sidecar = path.with_suffix(".txt")
-        if rel in captions:
-            pairs.append((path, captions[rel]))
-        elif sidecar.exists():
-            pairs.append((path, sidecar.read_text(encoding="utf-8").strip()))
-        else:
-            missing.append(rel)
-    if missing:
-        raise MissingData(
-            f"{len(missing)} image(s) in {folder} have no caption (e.g. {missing[0]}): add a .txt file with the same "
-            f"name next to each image, or a metadata.jsonl with {{\"file_name\": ..., \"text\": ...}} lines."
-        )
-    if len(pairs) < 3:
-        raise BadParameter(f"Found {len(pairs)} captioned image(s) in {folder}; a LoRA needs at least 3 (20-150 is the useful range).")
-    return pairs
-
-
-def load_captioned_images(folder: str | Path | None = None, smoke: bool = False, n: int | None = None,
-                          size: int = 32, seed: int = 0, dataset_id: str = CAPTION_DATASET_ID,
-                          revision: str | None = None) -> tuple[list[Image.Image], list[str]]:
-    """Images (PIL, RGB) and their captions to train a LoRA on.
-
-    * ``folder``: a learner's images with ``.txt`` sidecar captions or a ``metadata.jsonl``;
-    * else smoke mode: ``n`` generated shapes of ``size`` px (``make_shapes_dataset``);
-    * else full mode: the first ``n`` rows of ``dataset_id`` from the Hugging Face hub (downloaded once).
-
-    Images keep their size; the lesson resizes and crops them like diffusers' training script.
-    """
-    if folder is not None:
-        pairs = _read_folder(Path(folder).expanduser())[: n or None]
-        from PIL import Image
-
-        return [Image.open(p).convert("RGB") for p, _ in pairs], [c for _, c in pairs]
+    if data_dir is not None:
+        folder = Path(data_dir).expanduser()
+        if not folder.is_dir():
+            raise MissingData(f"The image folder {folder} does not exist: put 20-150 images with .txt captions there, "
+                              f"or set DATA_DIR = None.")
+        return folder
     if smoke:
-        items = make_shapes_dataset(n or 24, size, seed)
-        return [it.image for it in items], [it.caption for it in items]
+        from course_utils.smoke.diffusion import write_captioned_folder
+
+        folder = cache_dir("09_sd15_lora") / f"shapes-{n}-{size}px-seed{seed}"
+        return folder if folder.is_dir() else write_captioned_folder(folder, n=n, size=size, seed=seed)
+    from course_utils.core.hub import check_revision
+
+    check_revision(dataset_id, revision)  # a hub id pinned to a 40-hex commit, or one sentence before any download
+    folder = cache_dir("09_sd15_lora") / f"{dataset_id.replace('/', '--')}-{revision[:12]}-{n}"
+    if folder.is_dir():
+        return folder
     try:
         from datasets import load_dataset
 
-        rows = load_dataset(dataset_id, split=f"train[:{n or 100}]", revision=revision)
+        rows = load_dataset(dataset_id, split=f"train[:{n}]", revision=revision)
     except Exception as err:  # offline, hub down, renamed set: all mean "no data here"
         raise MissingData(
             f"Could not load {dataset_id} ({type(err).__name__}): go online once to download it, or set DATA_DIR to a "
-            f"folder of 20-150 images with .txt captions, or run the lesson in smoke mode (SMOKE=1)."
+            f"folder of 20-150 images with .txt captions, or {SMOKE_HINT}."
         ) from None
-    return [im.convert("RGB") for im in rows["image"]], [str(t) for t in rows["text"]]
+    with atomic_dir(folder) as tmp:
+        for i, (image, text) in enumerate(zip(rows["image"], rows["text"])):
+            image.convert("RGB").save(tmp / f"{i:04d}.png")
+            (tmp / f"{i:04d}.txt").write_text(str(text).strip() + "\n", encoding="utf-8")
+    return folder

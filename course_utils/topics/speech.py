@@ -1,12 +1,15 @@
 """Speech helpers for the Whisper lesson: audio loading, an offline Whisper, voice activity and WER.
 
 * :func:`load_audio` — any WAV/FLAC (any sample rate, mono or stereo) as 16 kHz mono float32, what Whisper expects.
-* :func:`load_whisper` — ``openai/whisper-small`` at a pinned revision (full mode), or a tiny
-  ``WhisperForConditionalGeneration`` from a config with the *real* multilingual tokenizer, rebuilt offline from
-  the tiktoken file that ``openai-whisper`` ships (smoke mode). Both load through the same ``from_pretrained`` calls.
-* :func:`speech_segments` / :func:`trim_silence` — a simple energy-based voice-activity detector.
+* :func:`load_whisper` — ``openai/whisper-small`` at a pinned revision (full mode), or the tiny
+  ``WhisperForConditionalGeneration`` that :mod:`course_utils.smoke.speech` builds with the *real* multilingual
+  tokenizer (smoke mode). Both load through the same ``from_pretrained`` calls.
+* :func:`speech_segments` — a simple energy-based voice-activity detector (the baseline lesson 10 shows failing on
+  real speech); :func:`load_silero_vad` — the trained Silero VAD whose weights ship in the ``silero-vad`` wheel;
+  :func:`trim_silence` — keep only the speech of either.
 * :func:`wer` — word error rate with ``jiwer`` after Whisper's English text normaliser.
-* :func:`load_clips` — the course's short domain clips (or your own folder in the same layout).
+* :func:`load_clips` — the course's domain clips, 30 training and 24 held-out sentences (or your own folder in the
+  same layout); :func:`load_real_recording` — a real 11-second speech recording with annotated pauses.
 * :data:`WHISPER_SIZES`, :func:`count_parameters`, :func:`time_whisper` — the family tiny → large-v3-turbo: exact
   parameter counts from the published configs and timings on random weights (no download).
 
@@ -28,10 +31,7 @@ from course_utils.core.errors import BadParameter, MissingData
 SAMPLE_RATE = 16_000  # Whisper's feature extractor works at 16 kHz
 WHISPER_SMALL = "openai/whisper-small"
 WHISPER_SMALL_REVISION = "973afd24965f72e36ca33b3055d56a652f456b4d"  # pinned: the lesson's numbers are for this one
-NUM_LANGUAGES = 99  # whisper tiny ... large-v2 (large-v3 adds Cantonese: 100)
 CLIPS_FOLDER = ("course", "speech_clips")
-_TINY_VERSION = "v1"  # bump to rebuild the cached smoke model
-TINY_WINDOW_S = 10  # the smoke model hears 10 s windows (the real ones: 30 s)
 
 #: Published configurations (hub config.json) of the Whisper family, and the relative speeds the openai/whisper
 #: README reports (large = 1x). Build one with ``WhisperConfig(**WHISPER_SIZES[name]["config"])``.
@@ -122,12 +122,14 @@ def speech_segments(audio: Any, sr: int = SAMPLE_RATE, threshold_db: float = -35
     return [(max(0.0, float(a * frame_s - pad_s)), min(duration, float(b * frame_s + pad_s))) for a, b in segments]
 
 
-def trim_silence(audio: Any, sr: int = SAMPLE_RATE, gap_s: float = 0.2, **kwargs: Any) -> Any:
-    """Keep only the speech: the :func:`speech_segments` joined with ``gap_s`` of silence between them."""
+def trim_silence(audio: Any, sr: int = SAMPLE_RATE, gap_s: float = 0.2,
+                 segments: Sequence[tuple[float, float]] | None = None, **kwargs: Any) -> Any:
+    """Keep only the speech: ``segments`` (``(start_s, end_s)`` pairs from any VAD; default: the energy VAD's
+    :func:`speech_segments`) joined with ``gap_s`` of silence between them."""
     import numpy as np
 
     audio = np.asarray(audio, dtype=np.float32)
-    segments = speech_segments(audio, sr, **kwargs)
+    segments = speech_segments(audio, sr, **kwargs) if segments is None else segments
     if not segments:
         return audio[:0]
     gap = np.zeros(int(gap_s * sr), dtype=np.float32)
@@ -135,6 +137,20 @@ def trim_silence(audio: Any, sr: int = SAMPLE_RATE, gap_s: float = 0.2, **kwargs
     for start, end in segments:
         pieces += [audio[int(start * sr): int(end * sr)], gap]
     return np.concatenate(pieces[:-1])
+
+
+def load_silero_vad() -> Any:
+    """The Silero VAD model (ONNX, run by onnxruntime) from the files inside the ``silero-vad`` wheel: no download.
+
+    Use it with ``silero_vad.get_speech_timestamps(torch.from_numpy(audio), model, sampling_rate=16000,
+    return_seconds=True)``. A small network trained on thousands of hours of speech and noise: it tells a voice from
+    a noise floor that an energy threshold cannot (see lesson 10).
+    """
+    try:
+        import silero_vad
+    except ImportError:
+        raise MissingData("silero-vad is not installed: run `make setup` (requirements.txt pins it).") from None
+    return silero_vad.load_silero_vad(onnx=True)
 
 
 # ------------------------------------------------------------------------------------------ WER and text
@@ -201,8 +217,9 @@ class Clip:
 def load_clips(folder: str | os.PathLike[str] | None = None, split: str | None = None) -> list[Clip]:
     """Clips listed in ``folder/transcripts.jsonl`` (``{"file": ..., "text": ..., "split": "train"|"test"}``).
 
-    ``folder=None`` is the course's clips (``datasets/course/speech_clips``, or under ``$COURSE_DATA``). Point it at
-    your own folder of recordings in the same layout to fine-tune on your domain.
+    ``folder=None`` is the course's clips (``datasets/course/speech_clips``, or under ``$COURSE_DATA``): 30 training
+    and 24 held-out sentences, split by sentence. Point it at your own folder of recordings in the same layout to
+    fine-tune on your domain.
     """
     from course_utils.core.paths import data_dir
 
@@ -224,121 +241,20 @@ def load_clips(folder: str | os.PathLike[str] | None = None, split: str | None =
     return clips
 
 
-# ------------------------------------------------------------------------------------ tokenizer and model
+def load_real_recording(folder: str | os.PathLike[str] | None = None) -> tuple[Any, dict[str, Any]]:
+    """``(audio, info)``: the course's real 11-second speech recording (``jfk_16k.flac``: room noise, three clear
+    pauses) at 16 kHz, and its ``jfk_16k.json`` (text, the hand-checked ``pauses_s``, source and licence)."""
+    from course_utils.core.paths import data_dir
+
+    folder = Path(folder) if folder is not None else data_dir().joinpath(*CLIPS_FOLDER)
+    info_path = folder / "jfk_16k.json"
+    if not info_path.exists():
+        raise MissingData(f"No jfk_16k.json in {folder}: the course's clips folder is incomplete; restore it from git.")
+    info = json.loads(info_path.read_text())
+    return load_audio(folder / info["file"]), info
 
 
-def whisper_special_tokens(num_languages: int = NUM_LANGUAGES) -> list[str]:
-    """Whisper's special tokens in id order, after the 50,257 byte-level BPE tokens (as on the hub)."""
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    return ["<|endoftext|>", "<|startoftranscript|>", *[f"<|{code}|>" for code in list(LANGUAGES)[:num_languages]],
-            "<|translate|>", "<|transcribe|>", "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>", "<|notimestamps|>"]
-
-
-def build_whisper_tokenizer(folder: str | os.PathLike[str], num_languages: int = NUM_LANGUAGES) -> Any:
-    """Rebuild the hub's multilingual Whisper tokenizer (51,865 ids) offline and save it in ``folder``.
-
-    The BPE ranks come from ``whisper/assets/multilingual.tiktoken`` (shipped in openai-whisper), converted with
-    transformers' ``TikTokenConverter``; then the special tokens in id order, then the 1,501 timestamp tokens
-    ``<|0.00|>`` ... ``<|30.00|>`` (not "special", as on the hub, so the tokenizer can find where they begin).
-    ``normalizer.json`` (Whisper's spelling map) is written too. Reload with ``WhisperTokenizer.from_pretrained``.
-    """
-    import importlib.util
-
-    from transformers import AddedToken, WhisperTokenizer
-    from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    spec = importlib.util.find_spec("whisper")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingData("openai-whisper is not installed (it ships the tokenizer files): run `make setup`.")
-    ranks = Path(list(spec.submodule_search_locations)[0], "assets", "multilingual.tiktoken")
-    vocab, merges = TikTokenConverter(vocab_file=str(ranks)).extract_vocab_merges_from_model(str(ranks))
-    tokenizer = WhisperTokenizer(vocab=vocab, merges=merges, pad_token="<|endoftext|>")  # as on the hub
-    tokenizer.add_special_tokens({"additional_special_tokens": [
-        AddedToken(t, special=True, normalized=False) for t in whisper_special_tokens(num_languages)]})
-    tokenizer.add_tokens([AddedToken(f"<|{i * 0.02:.2f}|>", special=False, normalized=False) for i in range(1501)])
-    folder = Path(folder)
-    tokenizer.save_pretrained(str(folder))
-    (folder / "normalizer.json").write_text(json.dumps(_english_spelling(), indent=2, sort_keys=True) + "\n")
-    return WhisperTokenizer.from_pretrained(str(folder))
-
-
-def whisper_generation_config(tokenizer: Any, alignment_heads: list[list[int]] | None = None) -> Any:
-    """A ``GenerationConfig`` laid out like the hub checkpoints' (what ``generate(language=..., task=...)``,
-    language detection and timestamps read)."""
-    from transformers import GenerationConfig
-
-    ids = tokenizer.convert_tokens_to_ids
-    eot = ids("<|endoftext|>")
-    from transformers.models.whisper.tokenization_whisper import LANGUAGES
-
-    lang_to_id = {f"<|{code}|>": ids(f"<|{code}|>") for code in list(LANGUAGES)[:NUM_LANGUAGES]}
-    task_to_id = {"translate": ids("<|translate|>"), "transcribe": ids("<|transcribe|>")}
-    non_speech = _non_speech_tokens()
-    suppress = sorted(set(non_speech) | {ids(t) for t in ("<|startoftranscript|>", "<|translate|>", "<|transcribe|>",
-                                                           "<|startoflm|>", "<|startofprev|>", "<|nocaptions|>")})
-    return GenerationConfig(
-        bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=ids("<|startoftranscript|>"),
-        max_length=448, begin_suppress_tokens=[tokenizer.encode(" ", add_special_tokens=False)[0], eot], suppress_tokens=suppress,
-        is_multilingual=True, lang_to_id=lang_to_id, task_to_id=task_to_id,
-        no_timestamps_token_id=ids("<|notimestamps|>"), prev_sot_token_id=ids("<|startofprev|>"),
-        max_initial_timestamp_index=50, return_timestamps=False, alignment_heads=alignment_heads or [],
-    )
-
-
-def _non_speech_tokens() -> list[int]:
-    """Symbols Whisper is told never to emit (speaker tags, music notes, brackets), as openai-whisper lists them."""
-    from whisper.tokenizer import get_tokenizer
-
-    return sorted(get_tokenizer(multilingual=True).non_speech_tokens)
-
-
-def tiny_whisper_config(vocab_size: int = 51865, window_s: int = TINY_WINDOW_S) -> Any:
-    """A ~3.7 M-parameter Whisper (2+2 layers, width 64) with the real vocabulary and 80 mel bins, random weights.
-
-    It listens to ``window_s``-second windows (50 encoder positions a second) instead of Whisper's 30 s: a third of
-    the encoder's work, which keeps smoke-mode fine-tuning inside its time budget. It only has to learn a few clips.
-    """
-    from transformers import WhisperConfig
-
-    return WhisperConfig(
-        vocab_size=vocab_size, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
-        max_source_positions=50 * window_s, max_target_positions=448,
-        pad_token_id=50257, bos_token_id=50257, eos_token_id=50257, decoder_start_token_id=50258,
-    )
-
-
-def build_tiny_whisper(folder: str | os.PathLike[str], seed: int = 0) -> Path:
-    """Write a tiny random Whisper, the real tokenizer, the feature extractor and a hub-like generation config
-    into ``folder`` (a folder that loads exactly like a hub checkpoint)."""
-    import torch
-    from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
-
-    folder = Path(folder)
-    tokenizer = build_whisper_tokenizer(folder)
-    processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=TINY_WINDOW_S), tokenizer=tokenizer)
-    config = tiny_whisper_config(len(tokenizer))
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config)
-    last = config.decoder_layers - 1
-    model.generation_config = whisper_generation_config(
-        tokenizer, alignment_heads=[[last, h] for h in range(config.decoder_attention_heads)])
-    model.save_pretrained(str(folder))
-    processor.save_pretrained(str(folder))
-    (folder / "normalizer.json").write_text(json.dumps(_english_spelling(), indent=2, sort_keys=True) + "\n")
-    return folder
-
-
-def tiny_whisper_folder() -> Path:
-    """The smoke model's folder in the course cache, built on first use (~5 s) and reused afterwards."""
-    from course_utils.core.paths import atomic_dir, cache_dir
-
-    folder = cache_dir() / f"whisper-tiny-random-{_TINY_VERSION}"
-    if not (folder / "model.safetensors").exists():
-        with atomic_dir(folder) as tmp:
-            build_tiny_whisper(tmp)
-    return folder
+# ------------------------------------------------------------------------------------------------ model
 
 
 def load_whisper(smoke: bool, model_id: str = WHISPER_SMALL, revision: str | None = WHISPER_SMALL_REVISION,
@@ -352,10 +268,13 @@ def load_whisper(smoke: bool, model_id: str = WHISPER_SMALL, revision: str | Non
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     if smoke:
+        from course_utils.smoke.speech import tiny_whisper_folder
+
         source, kwargs = str(tiny_whisper_folder()), {}
     else:
         source, kwargs = model_id, ({"revision": revision} if revision else {})
-    from course_utils.topics.llm import hub_errors_explained  # offline / unknown id / bad revision -> one sentence
+    from course_utils.core.hub import check_revision, hub_errors_explained  # hub failures -> one sentence
+    check_revision(source, kwargs.get("revision"))  # a local folder, or a hub id pinned to a commit: else one sentence
 
     with hub_errors_explained(model_id, alternative=None):
         processor = WhisperProcessor.from_pretrained(source, **kwargs)

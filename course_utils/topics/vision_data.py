@@ -18,7 +18,8 @@ are checked against the official MD5 checksums. With the files missing and no do
 gets one :class:`~course_utils.core.errors.MissingData` sentence: which files go where, or how to run smoke mode.
 
 Smoke mode needs no files: scikit-learn's bundled handwritten digits resized to MNIST's 28x28, and a generated
-32x32 RGB 10-class set of shapes and textures in random colours (deterministic from a seed, cached).
+32x32 RGB 10-class set of shapes and textures in random colours (deterministic from a seed, cached); both are built
+in :mod:`course_utils.smoke.vision`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,9 @@ from typing import TYPE_CHECKING, Any
 from course_utils.core.download import CorruptDownload
 from course_utils.core.download import download as download_file
 from course_utils.core.errors import SMOKE_HINT, MissingData
-from course_utils.core.paths import atomic_write, cache_dir, data_dir
+from course_utils.core.paths import atomic_write, data_dir
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
 # Official sources and checksums (the same as torchvision 0.29's MNIST.resources / CIFAR10.tgz_md5).
@@ -54,11 +54,11 @@ CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
 CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
+#: Written into the unpacked folder when the course downloaded (and MD5-checked) the archive itself: such a folder is
+#: then read with torchvision's own per-file integrity checks; a learner's own files are read as they are.
+CIFAR10_DOWNLOADED_MARK = ".downloaded-by-course"
 
 MNIST_CLASSES = tuple(str(d) for d in range(10))
-SHAPES_CLASSES = ("disc", "square", "triangle", "cross", "ring",
-                  "h-stripes", "v-stripes", "d-stripes", "checkers", "dots")
-_SHAPES_VERSION = 1  # bump when the generator changes, so old caches are not reused
 
 
 @dataclass(frozen=True)
@@ -143,6 +143,8 @@ def load_mnist(smoke: bool, data_dir: str | os.PathLike[str] | None = None, down
                seed: int = 0) -> ImageData:
     """MNIST (60,000 + 10,000 digits, 1x28x28) in full mode; scikit-learn's digits resized to 28x28 in smoke mode."""
     if smoke:
+        from course_utils.smoke.vision import smoke_digits
+
         return smoke_digits(seed=seed)
     from torchvision.datasets import MNIST
 
@@ -158,29 +160,6 @@ def load_mnist(smoke: bool, data_dir: str | os.PathLike[str] | None = None, down
                      MNIST_CLASSES, f"MNIST from {root}")
 
 
-def smoke_digits(seed: int = 0, test_fraction: float = 0.2) -> ImageData:
-    """scikit-learn's 1,797 real handwritten 8x8 digits, made to look like MNIST: 20x20 in a 28x28 frame, uint8.
-
-    Offline and instant; a stratified train/test split drawn with ``seed``.
-    """
-    import torch
-    import torch.nn.functional as F
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # N x 1 x 8 x 8 in [0, 1]
-    images = F.interpolate(images, size=(20, 20), mode="bilinear", align_corners=False)
-    images = F.pad(images, (4, 4, 4, 4))  # MNIST centres a 20x20 digit in a 28x28 frame
-    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
-    labels = torch.tensor(digits.target, dtype=torch.int64)
-    train_idx, test_idx = train_test_split(range(len(labels)), test_size=test_fraction, random_state=seed,
-                                           stratify=digits.target)
-    train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
-    return ImageData(images[train_idx], labels[train_idx], images[test_idx], labels[test_idx], MNIST_CLASSES,
-                     "smoke digits (scikit-learn's 8x8 digits resized to 28x28)")
-
-
 # ---------------------------------------------------------------------------------------------------- CIFAR-10
 
 def _cifar_layout(root: Path) -> str:
@@ -192,7 +171,7 @@ def _cifar_complete(root: Path) -> bool:
     return all((root / CIFAR10_FOLDER / name).exists() for name in CIFAR10_FILES)
 
 
-def _untar_cifar(archive: Path, root: Path) -> None:
+def _untar_cifar(archive: Path, root: Path, downloaded: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-unpack-"))
     try:
         with tarfile.open(archive, "r:gz") as tar:
@@ -200,6 +179,8 @@ def _untar_cifar(archive: Path, root: Path) -> None:
         if not all((tmp / CIFAR10_FOLDER / name).exists() for name in CIFAR10_FILES):
             raise MissingData(f"{archive} does not contain {CIFAR10_FOLDER}/ with {', '.join(CIFAR10_FILES)}: "
                               f"delete it so it is downloaded again, or replace it with the python version of CIFAR-10.")
+        if downloaded:
+            (tmp / CIFAR10_FOLDER / CIFAR10_DOWNLOADED_MARK).write_text(f"{CIFAR10_URL}\nmd5 {CIFAR10_MD5}\n")
         shutil.rmtree(root / CIFAR10_FOLDER, ignore_errors=True)
         os.replace(tmp / CIFAR10_FOLDER, root / CIFAR10_FOLDER)
     except (tarfile.TarError, OSError, EOFError) as err:
@@ -212,12 +193,15 @@ def _untar_cifar(archive: Path, root: Path) -> None:
 def ensure_cifar10(root: str | os.PathLike[str] | None = None, download: bool = True) -> Path:
     """Make sure ``root/cifar-10-batches-py`` holds the unpacked CIFAR-10 files; return ``root``.
 
-    An archive already in ``root`` is unpacked as it is; a downloaded one is checked against the official MD5.
+    An archive already in ``root`` is unpacked as it is; a downloaded one is checked against the official MD5, and
+    the folder unpacked from it is marked (:data:`CIFAR10_DOWNLOADED_MARK`) so that every later load checks each
+    file against torchvision's official MD5s too.
     """
     root = Path(root) if root is not None else data_dir()
     if _cifar_complete(root):
         return root
     archive = root / CIFAR10_ARCHIVE
+    downloaded = False
     if not archive.exists():
         if not download:
             raise MissingData(
@@ -226,6 +210,7 @@ def ensure_cifar10(root: str | os.PathLike[str] | None = None, download: bool = 
             )
         try:
             download_file(CIFAR10_URL, archive, md5=CIFAR10_MD5, timeout=120)
+            downloaded = True
         except CorruptDownload:
             raise
         except MissingData as err:
@@ -234,12 +219,22 @@ def ensure_cifar10(root: str | os.PathLike[str] | None = None, download: bool = 
                 f"({str(err).split(' (', 1)[-1].split(');', 1)[0]}): put it in torchvision's layout — {_cifar_layout(root)} — or point "
                 f"DATA_DIR / $COURSE_DATA at a folder that has it, or {SMOKE_HINT}."
             ) from None
-    _untar_cifar(archive, root)
+    _untar_cifar(archive, root, downloaded)
     return root
 
 
-def _cifar10_class() -> type:
+def cifar10_downloaded_by_course(root: str | os.PathLike[str]) -> bool:
+    """True when ``root/cifar-10-batches-py`` was unpacked from an archive the course downloaded and verified."""
+    return (Path(root) / CIFAR10_FOLDER / CIFAR10_DOWNLOADED_MARK).exists()
+
+
+def _cifar10_class(verify: bool) -> type:
+    """torchvision's ``CIFAR10`` with its integrity checks (``verify``: files the course downloaded), or a subclass
+    that reads a learner's own local files as they are (a reduced set, a re-packed copy)."""
     from torchvision.datasets import CIFAR10
+
+    if verify:
+        return CIFAR10
 
     class LocalCIFAR10(CIFAR10):
         """torchvision's CIFAR10, accepting local files whose checksums differ from the official ones."""
@@ -259,16 +254,25 @@ def _cifar10_class() -> type:
 
 def load_cifar10(smoke: bool, data_dir: str | os.PathLike[str] | None = None, download: bool = True,
                  seed: int = 0, smoke_sizes: tuple[int, int] = (2560, 512)) -> ImageData:
-    """CIFAR-10 (50,000 + 10,000 images, 3x32x32) in full mode; generated shapes (:func:`smoke_shapes`) in smoke mode."""
+    """CIFAR-10 (50,000 + 10,000 images, 3x32x32) in full mode; generated shapes
+    (:func:`course_utils.smoke.vision.smoke_shapes`) in smoke mode."""
     if smoke:
+        from course_utils.smoke.vision import smoke_shapes
+
         return smoke_shapes(*smoke_sizes, seed=seed)
     import torch
 
     root = ensure_cifar10(data_dir, download)
-    dataset = _cifar10_class()
+    verify = cifar10_downloaded_by_course(root)
+    dataset = _cifar10_class(verify)
     try:
         train, test = dataset(root, train=True, download=False), dataset(root, train=False, download=False)
-    except Exception as err:  # truncated or foreign pickles
+    except Exception as err:  # truncated or foreign pickles; a downloaded file that fails its MD5
+        if verify:
+            raise MissingData(
+                f"The CIFAR-10 files the course downloaded to {root / CIFAR10_FOLDER} fail torchvision's integrity "
+                f"check (MD5; {type(err).__name__}: {err}): delete the folder so it is downloaded again, or {SMOKE_HINT}."
+            ) from None
         raise MissingData(
             f"The CIFAR-10 files in {root / CIFAR10_FOLDER} cannot be read ({type(err).__name__}: {err}): delete the "
             f"folder so it is downloaded again, or replace it with a good copy, or {SMOKE_HINT}."
@@ -278,103 +282,3 @@ def load_cifar10(smoke: bool, data_dir: str | os.PathLike[str] | None = None, do
         return torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets, dtype=torch.int64)
 
     return ImageData(*tensors(train), *tensors(test), tuple(train.classes), f"CIFAR-10 from {root}")
-
-
-# ------------------------------------------------------------------------------------ generated smoke CIFAR set
-
-def _shape_masks(label: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` float masks (32x32, values in [0, 1]) of one class, with random position, size, angle and phase."""
-    import numpy as np
-
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    yy, xx = yy[None], xx[None]
-
-    def draw(low: float, high: float) -> np.ndarray:
-        return rng.uniform(low, high, size=(n, 1, 1)).astype(np.float32)
-
-    cx, cy, r = draw(11, 21), draw(11, 21), draw(6, 10)
-    dx, dy = xx - cx, yy - cy
-    period, phase = draw(5, 9), draw(0, 2 * np.pi)
-
-    def waves(u: np.ndarray) -> np.ndarray:
-        return (np.sin(2 * np.pi * u / period + phase) > 0).astype(np.float32)
-
-    if label == 0:  # disc
-        mask = dx**2 + dy**2 <= r**2
-    elif label == 1:  # square (axis-aligned)
-        mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
-    elif label == 2:  # triangle pointing up
-        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    elif label == 3:  # plus-shaped cross
-        arm = r * 0.3
-        mask = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
-    elif label == 4:  # ring
-        d = np.sqrt(dx**2 + dy**2)
-        mask = (d <= r) & (d >= r * 0.55)
-    elif label == 5:  # horizontal stripes
-        return waves(yy)
-    elif label == 6:  # vertical stripes
-        return waves(xx)
-    elif label == 7:  # diagonal stripes
-        return waves((xx + yy) / np.sqrt(2))
-    elif label == 8:  # checkerboard: stripes one way XOR stripes the other
-        return np.abs(waves(xx) - waves(yy))
-    else:  # dots on a grid
-        spacing = period + 1
-        return ((((xx + phase) % spacing) - spacing / 2) ** 2 + (((yy + phase) % spacing) - spacing / 2) ** 2
-                <= (spacing * 0.28) ** 2).astype(np.float32)
-    return mask.astype(np.float32)
-
-
-def generate_shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` 32x32 RGB uint8 images (N x 3 x 32 x 32) of ten shapes/textures, and their labels, from ``seed``.
-
-    Colour carries no information (foreground and background colours are drawn at random for every image, with
-    enough contrast to see the shape): the class is the shape or texture, as in CIFAR the class is the object.
-    """
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    labels = np.arange(n) % 10
-    rng.shuffle(labels)
-    images = np.empty((n, 32, 32, 3), dtype=np.float32)
-    for label in range(10):
-        idx = np.flatnonzero(labels == label)
-        mask = _shape_masks(label, len(idx), rng)[..., None]  # k x 32 x 32 x 1
-        fg = rng.uniform(0, 1, size=(len(idx), 1, 1, 3))
-        bg = rng.uniform(0, 1, size=(len(idx), 1, 1, 3))
-        # push the background away from the foreground so every shape stays visible
-        low = np.abs(fg - bg).max(axis=-1, keepdims=True) < 0.35
-        bg = np.where(low, 1.0 - fg, bg)
-        images[idx] = mask * fg + (1 - mask) * bg
-    images += rng.normal(0, 0.06, size=images.shape)  # sensor-like noise
-    images = (np.clip(images, 0, 1) * 255).round().astype(np.uint8)
-    return images.transpose(0, 3, 1, 2).copy(), labels.astype(np.int64)
-
-
-def smoke_shapes(n_train: int = 2560, n_test: int = 512, seed: int = 0, cache: bool = True) -> ImageData:
-    """The smoke stand-in for CIFAR-10: generated shapes/textures, 3x32x32 uint8, ten classes.
-
-    Built from ``seed`` (train and test from different streams) and cached as ``.npz`` in ``cache_dir("vision")``.
-    """
-    import numpy as np
-    import torch
-
-    path = cache_dir("vision") / f"shapes10-v{_SHAPES_VERSION}-seed{seed}-{n_train}-{n_test}.npz"
-    arrays = None
-    if cache and path.exists():
-        try:
-            with np.load(path) as saved:
-                arrays = {k: saved[k] for k in ("x_train", "y_train", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError):  # a damaged cache is rebuilt
-            arrays = None
-    if arrays is None:
-        x_train, y_train = generate_shapes(n_train, seed=seed * 2 + 1)
-        x_test, y_test = generate_shapes(n_test, seed=seed * 2 + 2)
-        arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-        if cache:
-            with atomic_write(path) as handle:
-                np.savez(handle, **arrays)
-    t = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    return ImageData(t["x_train"], t["y_train"], t["x_test"], t["y_test"], SHAPES_CLASSES,
-                     f"smoke shapes (generated, seed {seed})")

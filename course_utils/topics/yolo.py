@@ -1,12 +1,13 @@
-"""Object detection with Ultralytics YOLO, offline-safe: setup, data, and the checks lesson 08 makes.
+"""Object detection with Ultralytics YOLO, offline-safe: setup, data, weights, and the checks lesson 08 makes.
 
 - :func:`setup_ultralytics` — call it *before* ``import ultralytics``: no telemetry, no update check, no pip
   installs at run time, a font on disk (Ultralytics downloads Arial.ttf on every train/val otherwise), and every
   folder Ultralytics writes (settings, weights, datasets, runs) outside the repository's notebooks.
-- :func:`make_shapes_dataset` — a deterministic detection data set (coloured shapes on textured backgrounds, YOLO
-  labels, ``data.yaml``) of any size, generated once into the course cache.
-- :func:`load_detection_data` — ``"shapes"`` (generated), ``"coco128"`` (Ultralytics' own data yaml; downloads when
-  online) or a learner's folder with a ``data.yaml``, checked with a clear error when its layout is wrong.
+- :func:`load_yolo` — ``*.yaml`` builds an architecture; ``yolov8n.pt`` is downloaded once and checked against its
+  pinned sha256 *before* Ultralytics unpickles it.
+- :func:`load_detection_data` — ``"shapes"`` (generated, :mod:`course_utils.smoke.yolo`), ``"african-wildlife"``
+  (Ultralytics' 4-class set with train/val/test splits; the archive is checked before it is unpacked) or a
+  learner's folder with a ``data.yaml``, checked with a clear error when its layout is wrong.
 - :func:`read_yolo_labels`, :func:`draw_boxes` — show boxes straight from label files.
 - :func:`match_detections`, :func:`measure_latency_ms` — does the exported model agree, and how fast is it.
 
@@ -23,18 +24,26 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from course_utils.core.errors import BadParameter, MissingData
-from course_utils.core.paths import atomic_dir, cache_dir, data_dir
+from course_utils.core.download import CorruptDownload, download, file_hash, verify
+from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
+from course_utils.core.paths import atomic_dir, atomic_write, cache_dir, data_dir
+from course_utils.smoke.yolo import make_shapes_dataset
 
-SHAPE_NAMES = ("circle", "square", "triangle")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-COCO128_URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/coco128.zip"
-_GENERATOR_VERSION = 1  # bump when the drawing code changes, so stale cached sets are not reused
+
+# Checkpoints the course downloads, pinned by sha256. yolov8n.pt from the release the pinned Ultralytics (8.4.x)
+# downloads from; the same digest (6,549,796 bytes) is recorded independently by several public projects that pin it.
+WEIGHTS = {
+    "yolov8n.pt": ("https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt",
+                   "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36"),
+}
+AFRICAN_WILDLIFE_URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/african-wildlife.zip"
+# No published sha256 was found for this archive (Ultralytics publishes none). Until one is pinned here, the first
+# download is trusted and its digest recorded next to the file (african-wildlife.zip.sha256); every later use is
+# verified against that record. Paste the digest the lesson prints here to pin it for everyone.
+AFRICAN_WILDLIFE_SHA256: str | None = None
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Offline setup
-# --------------------------------------------------------------------------------------------------------------
 def setup_ultralytics(config_dir: str | os.PathLike[str] | None = None,
                       runs_dir: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """Make Ultralytics quiet and offline-safe. Call before the first ``import ultralytics`` in a kernel.
@@ -83,11 +92,12 @@ def setup_ultralytics(config_dir: str | os.PathLike[str] | None = None,
         "datasets_dir": str(data_dir()),
         "runs_dir": str(runs_dir or cache_dir("ultralytics", "runs")),
         "sync": False,
+        "tensorboard": False,  # the lesson logs to the course's TensorBoard folder itself (a training callback)
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
     return {"config_dir": str(user_dir), "font": str(user_dir / "Arial.ttf"),
-            **{k: v for k, v in wanted.items() if k != "sync"}}
+            **{k: v for k, v in wanted.items() if k not in ("sync", "tensorboard")}}
 
 
 def yolo_runs_dir(lesson: str = "08_yolov8_detection") -> Path:
@@ -103,8 +113,10 @@ def yolo_runs_dir(lesson: str = "08_yolov8_detection") -> Path:
 def load_yolo(weights: str) -> Any:
     """``YOLO(weights)``: ``*.yaml`` builds the architecture with random weights; ``*.pt`` loads a checkpoint.
 
-    A bare checkpoint name such as ``yolov8n.pt`` is looked up (and, when online, downloaded) in the course's
-    weights folder instead of the current directory, so nothing lands in ``notebooks/``.
+    A bare checkpoint name the course pins (``yolov8n.pt``) is downloaded once into the course's weights folder
+    (not the current directory) and its sha256 checked *before* Ultralytics unpickles it — Ultralytics loads its
+    checkpoints with ``torch.load(weights_only=False)``, which can run code, so only a file with the pinned digest
+    gets that far. Your own checkpoints (a path that exists) are loaded as they are.
     """
     from ultralytics import YOLO
 
@@ -114,172 +126,122 @@ def load_yolo(weights: str) -> Any:
     if path.suffix != ".pt" or path.parent != Path("."):
         raise BadParameter(f"Model {weights!r} not found; use a config such as 'yolov8n.yaml', a name such as "
                            "'yolov8n.pt', or the path of a checkpoint you trained.")
+    if path.name not in WEIGHTS:
+        raise MissingData(f"The course pins no checksum for {path.name} (only {', '.join(WEIGHTS)}): download it "
+                          f"yourself, check it, and pass its path (MODEL = '/path/to/{path.name}').")
+    url, sha256 = WEIGHTS[path.name]
     target = cache_dir("ultralytics", "weights") / path.name
     if not target.exists():
-        from ultralytics.utils.downloads import attempt_download_asset
-
-        try:
-            attempt_download_asset(str(target))
-        except (ConnectionError, OSError) as err:
-            raise MissingData(f"{path.name} is not in {target.parent} and could not be downloaded ({type(err).__name__}); "
-                              f"connect to the internet once, or copy the file there, or run smoke mode (SMOKE=1).") from None
-        if not target.exists():
-            raise MissingData(f"{path.name} is not an Ultralytics release asset; copy the checkpoint to {target}.")
+        download(url, target, sha256=sha256)
+    verify(target, sha256=sha256)
     return YOLO(str(target))
 
 
 # --------------------------------------------------------------------------------------------------------------
-# The generated data set
+# Real data: Ultralytics' African Wildlife (train / val / test) or a learner's folder
 # --------------------------------------------------------------------------------------------------------------
-def _texture(rng: Any, size: int) -> Any:
-    """A random background: smooth colour blobs, optional stripes or checks, and fine grain (uint8 HxWx3)."""
-    import numpy as np
-    from PIL import Image
+def _first_download(url: str, dest: Path) -> str:
+    """Trust on first use: fetch ``url`` (Ultralytics' own downloader), record its sha256 beside it, return it."""
+    from ultralytics.utils.downloads import safe_download
 
-    cells = int(rng.integers(2, 6))
-    low = rng.uniform(40, 215, size=(cells, cells, 3)).astype(np.uint8)
-    img = np.asarray(Image.fromarray(low).resize((size, size), Image.BICUBIC), dtype=np.float32)
-    kind = int(rng.integers(0, 3))
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    if kind == 1:  # stripes at a random angle and period
-        angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24) * size / 128
-        wave = np.sin(2 * np.pi * (xx * np.cos(angle) + yy * np.sin(angle)) / period)
-        img += (rng.uniform(15, 40) * wave)[..., None]
-    elif kind == 2:  # checks
-        period = max(2, int(rng.uniform(6, 20) * size / 128))
-        checks = ((xx // period + yy // period) % 2) * 2 - 1
-        img += (rng.uniform(10, 30) * checks)[..., None]
-    img += rng.normal(0, rng.uniform(3, 12), size=img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over the smaller box's area: how much of one shape the other could hide."""
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    smaller = min((a[2] - a[0]) * (a[3] - a[1]), (b[2] - b[0]) * (b[3] - b[1]))
-    return ix * iy / smaller if smaller > 0 else 0.0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    part.unlink(missing_ok=True)
+    try:
+        safe_download(url, file=part, unzip=False, progress=True)
+    except (ConnectionError, OSError) as err:
+        part.unlink(missing_ok=True)
+        raise MissingData(f"Could not download {url} ({type(err).__name__}); put the file at {dest} yourself, or "
+                          f"{SMOKE_HINT}.") from None
+    if not part.is_file():
+        raise MissingData(f"Could not download {url}; put the file at {dest} yourself, or {SMOKE_HINT}.")
+    os.replace(part, dest)
+    digest = file_hash(dest)
+    with atomic_write(_pin_record(dest), "w") as out:
+        out.write(f"{digest}  {dest.name}\n")
+    return digest
 
 
-def shapes_image(seed: int, index: int, split: str = "train", imgsz: int = 160,
-                 max_objects: int = 4) -> tuple[Any, list[tuple[int, float, float, float, float]]]:
-    """One generated image and its labels ``(class, cx, cy, w, h)`` normalised to 0-1.
+def _pin_record(archive: Path) -> Path:
+    return archive.with_name(archive.name + ".sha256")
 
-    Deterministic: the same ``(seed, split, index)`` always gives the same pixels and labels, whatever the size of
-    the set it belongs to.
+
+def fetch_checked(url: str, dest: str | os.PathLike[str], sha256: str | None) -> tuple[Path, str, str]:
+    """The file at ``dest`` (downloaded from ``url`` if missing), checked before anything reads it.
+
+    With a pinned ``sha256``: the course's :func:`~course_utils.core.download.download` / ``verify``. Without one:
+    trust on first use — the first download's digest is recorded in ``<dest>.sha256`` and every later use is
+    verified against it. Returns ``(path, sha256, how)`` where ``how`` is ``"pinned"``, ``"recorded"`` (checked
+    against an earlier first download) or ``"first use"`` (just downloaded, nothing to compare with yet).
     """
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    split_id = {"train": 0, "val": 1, "test": 2}[split]
-    rng = np.random.default_rng([seed, split_id, index])
-    image = Image.fromarray(_texture(rng, imgsz))
-    draw = ImageDraw.Draw(image)
-    boxes: list[tuple[float, float, float, float]] = []
-    labels = []
-    for _ in range(int(rng.integers(1, max_objects + 1))):
-        for _attempt in range(20):  # find a place that does not hide an earlier shape
-            side = rng.uniform(0.14, 0.42) * imgsz
-            x0, y0 = rng.uniform(1, imgsz - side - 1, size=2)
-            box = (float(x0), float(y0), float(x0 + side), float(y0 + side))
-            if all(_overlap(box, other) < 0.1 for other in boxes):
-                break
-        else:
-            continue
-        cls = int(rng.integers(0, len(SHAPE_NAMES)))
-        colour = tuple(int(c) for c in rng.integers(0, 256, size=3))
-        outline = tuple(255 - c for c in colour)
-        x0, y0, x1, y1 = box
-        if cls == 0:
-            draw.ellipse(box, fill=colour, outline=outline, width=max(1, imgsz // 160))
-        elif cls == 1:
-            draw.rectangle(box, fill=colour, outline=outline, width=max(1, imgsz // 160))
-        else:  # apex up or down, base on the box's edge: the box is exactly the triangle's extent
-            if rng.random() < 0.5:
-                points = [((x0 + x1) / 2, y0), (x1, y1), (x0, y1)]
-            else:
-                points = [(x0, y0), (x1, y0), ((x0 + x1) / 2, y1)]
-            draw.polygon(points, fill=colour, outline=outline)
-        boxes.append(box)
-        labels.append((cls, (x0 + x1) / 2 / imgsz, (y0 + y1) / 2 / imgsz, (x1 - x0) / imgsz, (y1 - y0) / imgsz))
-    return image, labels
+    dest = Path(dest)
+    record = _pin_record(dest)
+    if sha256 is not None:
+        if not dest.is_file():
+            download(url, dest, sha256=sha256)
+        verify(dest, sha256=sha256)
+        return dest, sha256, "pinned"
+    if dest.is_file() and record.is_file():
+        recorded = record.read_text().split()[0]
+        verify(dest, sha256=recorded)
+        return dest, recorded, "recorded"
+    if dest.is_file():  # a file put there by hand, no record: record it now, as a first use
+        digest = file_hash(dest)
+        with atomic_write(record, "w") as out:
+            out.write(f"{digest}  {dest.name}\n")
+        return dest, digest, "first use"
+    return dest, _first_download(url, dest), "first use"
 
 
-def make_shapes_dataset(n_images: int = 64, n_val: int | None = None, imgsz: int = 160, seed: int = 0,
-                        root: str | os.PathLike[str] | None = None) -> Path:
-    """Generate (once) a YOLO-format detection data set and return its ``data.yaml``.
+def _safe_extract(archive: Path, target: Path) -> None:
+    """Unzip ``archive`` into ``target`` refusing members that would land outside it (absolute or ``..`` paths)."""
+    import zipfile
 
-    ``n_images`` training images and ``n_val`` validation images (default: a quarter of ``n_images``, at least 8)
-    of ``imgsz`` x ``imgsz`` pixels with 1-4 circles, squares and triangles each. Layout::
-
-        root/data.yaml  root/images/{train,val}/000000.jpg  root/labels/{train,val}/000000.txt
-
-    The set is cached under the course cache (or ``root``) and reused when asked for again.
-    """
-    if n_images < 1 or imgsz < 32:
-        raise BadParameter(f"make_shapes_dataset needs n_images >= 1 and imgsz >= 32 (got {n_images}, {imgsz}).")
-    n_val = max(8, n_images // 4) if n_val is None else n_val
-    name = f"shapes_v{_GENERATOR_VERSION}_n{n_images}_val{n_val}_px{imgsz}_seed{seed}"
-    folder = Path(root) if root is not None else cache_dir("yolo_shapes") / name
-    yaml_path = folder / "data.yaml"
-    if yaml_path.exists():
-        return yaml_path
-    with atomic_dir(folder) as tmp:
-        for split, count in (("train", n_images), ("val", n_val)):
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "labels" / split).mkdir(parents=True)
-            indices = range(count)
-            if count >= 500:  # a progress bar only when it takes a while
-                from tqdm.auto import tqdm
-
-                indices = tqdm(indices, desc=f"generating {split} images", leave=False)
-            for i in indices:
-                image, labels = shapes_image(seed, i, split, imgsz)
-                image.save(tmp / "images" / split / f"{i:06d}.jpg", quality=92)
-                lines = "".join(f"{c} {x:.6f} {y:.6f} {w:.6f} {h:.6f}\n" for c, x, y, w, h in labels)
-                (tmp / "labels" / split / f"{i:06d}.txt").write_text(lines)
-        names = "".join(f"  {i}: {n}\n" for i, n in enumerate(SHAPE_NAMES))
-        (tmp / "data.yaml").write_text(
-            f"# generated by course_utils.topics.yolo.make_shapes_dataset(n_images={n_images}, n_val={n_val}, "
-            f"imgsz={imgsz}, seed={seed})\n"
-            f"path: {folder.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}"
-        )
-    return yaml_path
+    with zipfile.ZipFile(archive) as zf:
+        for member in zf.infolist():
+            name = Path(member.filename)
+            if name.is_absolute() or ".." in name.parts:
+                raise CorruptDownload(f"{archive} has a member outside its folder ({member.filename!r}); not unpacked.")
+        zf.extractall(target)
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Real data: coco128 or a learner's folder
-# --------------------------------------------------------------------------------------------------------------
-def coco128_yaml(download: bool = True) -> Path:
-    """Ultralytics' own ``coco128.yaml`` pointed at ``<course data>/coco128`` (downloaded there, ~7 MB, if missing)."""
+def african_wildlife_yaml(download_missing: bool = True, sha256: str | None = AFRICAN_WILDLIFE_SHA256) -> Path:
+    """Ultralytics' ``african-wildlife.yaml`` (buffalo, elephant, rhino, zebra; 1,052 train / 225 val / 227 test)
+    pointed at ``<course data>/african-wildlife``; the ~100 MB archive is downloaded if missing and checked
+    (:func:`fetch_checked`) before it is unpacked or used."""
     import yaml
     from ultralytics.utils import ROOT
 
-    spec = yaml.safe_load((ROOT / "cfg" / "datasets" / "coco128.yaml").read_text())
-    url = spec.pop("download", None) or COCO128_URL
-    root = data_dir() / "coco128"
-    if not (root / "images" / "train2017").is_dir():
-        error = "download=False"
-        if download:
-            from ultralytics.utils.downloads import safe_download
-
-            try:
-                safe_download(url, dir=data_dir(), unzip=True, delete=True)
-            except (ConnectionError, OSError) as err:
-                error = type(err).__name__
-        if not (root / "images" / "train2017").is_dir():
-            raise MissingData(f"coco128 is not in {root} and could not be downloaded ({error}): download {url} "
-                              f"and unzip it into {data_dir()}, or set DATA to your own folder, or run smoke mode (SMOKE=1).")
+    spec = yaml.safe_load((ROOT / "cfg" / "datasets" / "african-wildlife.yaml").read_text())
+    url = spec.pop("download", None) or AFRICAN_WILDLIFE_URL
+    archive = data_dir() / "african-wildlife.zip"
+    root = data_dir() / "african-wildlife"
+    if not archive.is_file() and not download_missing:
+        raise MissingData(f"african-wildlife is not in {data_dir()} (download_missing=False): download {url} to "
+                          f"{archive}, or set DATA to your own folder, or {SMOKE_HINT}.")
+    archive, digest, how = fetch_checked(url, archive, sha256)
+    print(f"{archive.name}: sha256 {digest} ({how}{'' if how == 'pinned' else '; no published checksum: see AFRICAN_WILDLIFE_SHA256'})")
+    marker = root / ".unpacked-from"
+    if not (marker.is_file() and marker.read_text().strip() == digest):
+        with atomic_dir(root) as tmp:
+            _safe_extract(archive, tmp)
+            inner = tmp / "african-wildlife"
+            if inner.is_dir() and not (tmp / "images").is_dir():  # the archive may or may not have a top folder
+                for child in inner.iterdir():
+                    os.replace(child, tmp / child.name)
+                inner.rmdir()
+            (tmp / ".unpacked-from").write_text(digest + "\n")
     spec["path"] = str(root.resolve())
-    target = cache_dir("ultralytics", "data") / "coco128.yaml"
+    target = cache_dir("ultralytics", "data") / "african-wildlife.yaml"
     target.write_text(yaml.safe_dump(spec, sort_keys=False))
     return target
 
 
 _LAYOUT = ("Expected a folder with a data.yaml (Roboflow's 'YOLOv8' export has one) such as:\n"
-           "  data.yaml              path: .   train: images/train   val: images/val   names: {0: cat, 1: dog}\n"
+           "  data.yaml              path: .   train: images/train   val: images/val   test: images/test   names: {0: cat, 1: dog}\n"
            "  images/train/*.jpg     labels/train/*.txt   (one 'class cx cy w h' line per box, all 0-1)\n"
-           "  images/val/*.jpg       labels/val/*.txt")
+           "  images/val/*.jpg       labels/val/*.txt\n"
+           "  images/test/*.jpg      labels/test/*.txt   (optional, recommended: held out, scored once at the end)")
 
 
 def _images_in(folder: Path) -> list[Path]:
@@ -326,8 +288,10 @@ def check_yolo_folder(folder: str | os.PathLike[str]) -> Path:
     base = Path(spec.get("path") or ".")
     base = base if base.is_absolute() else (root / base)
     resolved = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
         entry = spec.get(split)
+        if not entry and split == "test":  # optional: without it the lesson scores on val (and says so)
+            continue
         if not entry:
             raise BadParameter(f"{spec_file} has no '{split}:' entry. {_LAYOUT}")
         options = [base / entry, root / entry, root / str(entry).removeprefix("../")]
@@ -364,22 +328,28 @@ def check_yolo_folder(folder: str | os.PathLike[str]) -> Path:
 
 
 def load_detection_data(data: str | os.PathLike[str], n_images: int = 64, imgsz: int = 160, seed: int = 0) -> Path:
-    """The lesson's data switch: ``"shapes"`` (generated: ``n_images`` at ``imgsz`` px), ``"coco128"``, or a folder."""
+    """The lesson's data switch: ``"shapes"`` (generated: ``n_images`` at ``imgsz`` px, with val and test splits),
+    ``"african-wildlife"`` (downloaded once, checked), or a folder with a ``data.yaml``."""
     if str(data) == "shapes":
         return make_shapes_dataset(n_images=n_images, imgsz=imgsz, seed=seed)
-    if str(data) == "coco128":
-        return coco128_yaml()
+    if str(data) == "african-wildlife":
+        return african_wildlife_yaml()
     return check_yolo_folder(data)
 
 
 def split_images(data_yaml: str | os.PathLike[str], split: str = "val") -> list[Path]:
-    """The image files of one split of a ``data.yaml`` written by this module."""
+    """The image files of one split of a ``data.yaml``: a folder of images or a ``.txt`` list of image paths."""
     import yaml
 
     spec = yaml.safe_load(Path(data_yaml).read_text())
-    folder = Path(spec[split])
-    folder = folder if folder.is_absolute() else Path(spec["path"]) / folder
-    return _images_in(folder)
+    if not spec.get(split):
+        raise BadParameter(f"{data_yaml} has no '{split}:' split.")
+    entry = Path(spec[split])
+    entry = entry if entry.is_absolute() else Path(spec.get("path") or Path(data_yaml).parent) / entry
+    if entry.suffix == ".txt":
+        return [Path(line.strip()) if Path(line.strip()).is_absolute() else entry.parent / line.strip()
+                for line in entry.read_text().splitlines() if line.strip()]
+    return _images_in(entry)
 
 
 # --------------------------------------------------------------------------------------------------------------

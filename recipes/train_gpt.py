@@ -1,0 +1,467 @@
+"""Train a character-level GPT on any text file, then sample from it: lesson 04 of "Deep learning on one 12 GB GPU"
+in one file.
+
+Needs only PyTorch. The model is the lesson's (pre-norm decoder, RoPE or ALiBi, SDPA attention, tied embeddings, a KV
+cache for generation), trained the lesson's way: AdamW with decay on matrices only, linear warm-up then cosine decay,
+gradient clipping, bf16 autocast on a GPU. The last 10 % of the text is held out for the validation loss.
+
+    python train_gpt.py --text_file input.txt --max_steps 5000 --output_dir out/gpt           # the lesson's full run
+    python train_gpt.py --text_file notes.txt --max_steps 200 --n_layer 2 --n_head 2 --n_embd 64 \\
+        --block_size 64 --batch_size 16 --lr 3e-3 --device cpu --output_dir out/tiny             # a quick CPU run
+
+Writes ``<output_dir>/ckpt.pt`` (config, vocabulary, weights, step; written atomically, so a crash never leaves half a
+file), ``<output_dir>/metrics.json`` (losses at every evaluation, tokens/s) and ``<output_dir>/sample.txt``.
+Reload: ``ckpt = torch.load(path, weights_only=True); model = GPT(GPTConfig(**ckpt["config"]));
+model.load_state_dict(ckpt["model"])``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# =============================================================================================== the model
+# (the same code as the course's course_utils/topics/gpt.py; a test checks they compute the same numbers)
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65
+    block_size: int = 256  # longest context the model sees
+    n_layer: int = 6
+    n_head: int = 6
+    n_embd: int = 384
+    dropout: float = 0.2
+    bias: bool = False  # biases in Linear/LayerNorm: no gain at this size, a little slower
+    position: str = "rope"  # "rope" (rotary embeddings) or "alibi" (linear distance penalty)
+
+    def __post_init__(self) -> None:
+        if self.position not in ("rope", "alibi"):
+            raise ValueError(f"position must be 'rope' or 'alibi', not {self.position!r}.")
+        if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"n_embd ({self.n_embd}) must split into {self.n_head} heads of an even size.")
+
+
+# --- positions -------------------------------------------------------------------------------------------------
+
+def rope_tables(head_dim: int, max_len: int, base: float = 10000.0) -> torch.Tensor:
+    """The rotation of every position (rows) and channel pair (columns), as unit complex numbers e^(i * angle).
+
+    Pair j turns by ``position * base^(-2j / head_dim)`` radians: fast rotations in the first pairs, slow in the last.
+    Stored as real (max_len, head_dim/2, 2) = (cos, sin), so ``model.to(dtype)`` cannot drop the imaginary part.
+    """
+    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # fast ... slow rotations
+    angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, head_dim/2)
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+
+
+def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Channel pairs of x as complex numbers ``x[2j] + i x[2j+1]``, times the unit complex numbers ``rot``, in fp32."""
+    x = x.float()
+    try:
+        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # a view: no copy
+    except RuntimeError:  # strides a complex view cannot have: copy first
+        pairs = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rot).flatten(-2)
+
+
+def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """Rotate each channel pair (x[2j], x[2j+1]) of x (..., head_dim) by its position's angle.
+
+    A rotation in the plane is a multiplication by a unit complex number: read each pair as ``x[2j] + i x[2j+1]``
+    and multiply by ``cos + i sin`` from :func:`rope_tables` (``rot``: (..., head_dim/2, 2), broadcast against x).
+    One complex product instead of four real products and a concatenation: the same numbers, faster.
+    """
+    return _rotate(x, torch.view_as_complex(rot.float().contiguous())).to(x.dtype)
+
+
+class _HeadsWithRope(torch.autograd.Function):
+    """The model's fast path: split the fused projections (B, T, 3, n_head, head_dim) into q, k, v heads
+    (B, n_head, T, head_dim) and rotate q and k as :func:`apply_rope` does, with the gradient written out: the gradient
+    of a rotation is the opposite rotation (the conjugate), and the three gradients go straight into one buffer.
+    Autograd would get the same numbers through the complex views and the slices, several times slower on a CPU."""
+
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, rot: torch.Tensor):
+        rot = torch.view_as_complex(rot.float().contiguous())  # (T, head_dim/2): cos + i sin
+        ctx.save_for_backward(rot)
+        qk = _rotate(qkv[:, :, :2], rot[:, None, None]).to(qkv.dtype)  # queries and keys in one product
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2).clone()
+
+    @staticmethod
+    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
+        (rot,) = ctx.saved_tensors
+        back = rot.conj()[:, None]  # cos - i sin: rotate back
+        B, H, T, D = dv.shape
+        grad = dv.new_empty(B, T, 3, H, D)
+        grad[:, :, 0] = _rotate(dq.transpose(1, 2), back)
+        grad[:, :, 1] = _rotate(dk.transpose(1, 2), back)
+        grad[:, :, 2] = dv.transpose(1, 2)
+        return grad, None
+
+
+def alibi_slopes(n_head: int) -> torch.Tensor:
+    """One slope per head, a geometric sequence 2^(-8/n), 2^(-16/n), ...: some heads look far, some near."""
+    return torch.tensor([2 ** (-8 * (h + 1) / n_head) for h in range(n_head)])
+
+
+# --- the blocks ------------------------------------------------------------------------------------------------
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head, self.dropout = config.n_head, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # queries, keys, values at once
+        self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_drop = nn.Dropout(config.dropout)
+
+    def forward(self, x, mask, rope, cache=None, layer=0):
+        B, T, C = x.shape
+        # one matrix product for queries, keys and values; (B, T, C) -> (B, T, 3, n_head, head_dim)
+        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
+        # -> q, k, v of shape (B, n_head, T, head_dim): every head attends on its own slice of the channels
+        if rope is not None:  # RoPE: queries and keys rotated by their positions' angles (rope: (T, head_dim/2, 2))
+            q, k, v = _HeadsWithRope.apply(qkv, rope)
+        else:
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # prepend the keys/values of every earlier token
+        if mask is not None and mask.is_floating_point():
+            mask = mask.to(q.dtype)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.drop = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.drop(self.down(F.gelu(self.up(x))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, mask, rope, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer)  # tokens talk to each other
+        return x + self.mlp(self.ln_2(x))  # each token thinks on its own
+
+
+# --- the KV cache ----------------------------------------------------------------------------------------------
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, so a new token need not recompute them."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        self.max_len, self.pos = config.block_size, 0  # pos: tokens already cached
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+        self.n_layer = config.n_layer
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, T, D = k.shape
+        if self.k is None:  # allocate once, for the whole context, in the dtype the model computes in
+            self.k = k.new_zeros(self.n_layer, B, H, self.max_len, D)
+            self.v = torch.zeros_like(self.k)
+        end = self.pos + T
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+# --- the model -------------------------------------------------------------------------------------------------
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        self.drop = nn.Dropout(config.dropout)
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.tok_emb.weight  # weight tying: one matrix reads and writes tokens
+        # built once, sliced at every step: the rotations of RoPE, and ALiBi's distance penalty with the causal mask
+        self.register_buffer("rope", rope_tables(config.n_embd // config.n_head, config.block_size), persistent=False)
+        self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
+        pos = torch.arange(config.block_size)
+        causal = pos[None, :] <= pos[:, None]  # (T, T): query row t may see key columns 0..t
+        self.register_buffer("causal", causal, persistent=False)
+        distance = (pos[:, None] - pos[None, :]).float()
+        alibi = (-self.alibi_slopes[:, None, None] * distance).masked_fill(~causal, float("-inf"))
+        self.register_buffer("alibi", alibi if config.position == "alibi" else None, persistent=False)
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale the residual projections down by depth
+            if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
+
+    def attention_mask(self, start: int, T: int) -> torch.Tensor | None:
+        """What queries at positions start..start+T-1 may see of keys 0..start+T-1. None means "plain causal"
+        (SDPA's built-in mask, the fastest kernels)."""
+        if self.config.position == "alibi":  # additive: -slope x distance, -inf for the future
+            return self.alibi[:, start:start + T, :start + T]
+        return None if start == 0 else self.causal[start:start + T, :start + T]
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+        B, T = idx.shape
+        start = cache.pos if cache is not None else 0  # position of idx[:, 0] in the text
+        if start + T > self.config.block_size:
+            raise ValueError(f"{start + T} tokens exceed the context of {self.config.block_size}; crop the input.")
+        mask = self.attention_mask(start, T)
+        rope = self.rope[start:start + T] if self.config.position == "rope" else None
+        x = self.drop(self.tok_emb(idx))
+        for layer, block in enumerate(self.blocks):
+            x = block(x, mask, rope, cache, layer)
+        if cache is not None:
+            cache.pos += T
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+        return logits, loss
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T). ``temperature=0`` picks the likeliest."""
+        cache = None
+        for _ in range(max_new_tokens):
+            if use_cache and cache is not None and cache.pos < self.config.block_size:
+                logits, _ = self(idx[:, -1:], cache=cache)  # only the newest token; the past is cached
+            else:  # first step, no cache, or a full context: (re)compute the last block_size tokens
+                cache = KVCache(self.config) if use_cache else None
+                logits, _ = self(idx[:, -self.config.block_size:], cache=cache)
+            logits = logits[:, -1, :].float()
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)
+            else:
+                logits = logits / temperature
+                if top_k is not None:  # keep the k likeliest tokens, drop the long tail
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
+            idx = torch.cat([idx, next_id], dim=1)
+        return idx
+
+
+# ============================================================================================ the training
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--text_file", type=Path, required=True, help="UTF-8 text to learn (e.g. TinyShakespeare's input.txt)")
+    p.add_argument("--output_dir", type=Path, default=Path("out/gpt"), help="where ckpt.pt, metrics.json, sample.txt go")
+    p.add_argument("--val_fraction", type=float, default=0.1, help="held-out tail of the text (default 0.1)")
+    m = p.add_argument_group("model (default: nanoGPT's baby GPT, 10.7 M parameters)")
+    m.add_argument("--n_layer", type=int, default=6)
+    m.add_argument("--n_head", type=int, default=6)
+    m.add_argument("--n_embd", type=int, default=384)
+    m.add_argument("--block_size", type=int, default=256, help="context length in characters")
+    m.add_argument("--dropout", type=float, default=0.2)
+    m.add_argument("--position", default="rope", choices=("rope", "alibi"))
+    t = p.add_argument_group("training")
+    t.add_argument("--max_steps", type=int, default=5000, help="optimizer steps (default 5000)")
+    t.add_argument("--batch_size", type=int, default=64, help="sequences per micro-batch (default 64)")
+    t.add_argument("--grad_accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    t.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (default 1e-3)")
+    t.add_argument("--min_lr", type=float, default=None, help="end of the cosine decay (default lr / 10)")
+    t.add_argument("--warmup_steps", type=int, default=100, help="linear warm-up steps (default 100)")
+    t.add_argument("--weight_decay", type=float, default=0.1, help="AdamW decay on weight matrices (default 0.1)")
+    t.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")
+    t.add_argument("--eval_interval", type=int, default=500, help="steps between loss estimates (default 500)")
+    t.add_argument("--eval_iters", type=int, default=100, help="batches per loss estimate (default 100)")
+    t.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
+    t.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                   help="autocast precision (auto: bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU)")
+    t.add_argument("--seed", type=int, default=1337)
+    s = p.add_argument_group("sampling after training")
+    s.add_argument("--sample_tokens", type=int, default=500, help="characters to generate into sample.txt (0: none)")
+    s.add_argument("--temperature", type=float, default=0.8)
+    s.add_argument("--top_k", type=int, default=20)
+    args = p.parse_args(argv)
+    for name in ("max_steps", "batch_size", "grad_accum", "block_size", "eval_interval", "eval_iters"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be at least 1")
+    if not 0 < args.val_fraction < 1:
+        p.error("--val_fraction must be between 0 and 1")
+    return args
+
+
+def choose_device(name: str) -> str:
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def choose_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        if device != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW, weight decay on matrices only (LayerNorm gains undecayed), the fused kernel (GPU and CPU)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=True)
+
+
+def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int) -> float:
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def atomic_save(obj, path: Path) -> None:
+    """Write to a temporary file next to ``path`` and rename it: a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            if isinstance(obj, (bytes, bytearray)):
+                handle.write(obj)
+            else:
+                torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.manual_seed(args.seed)
+    device = choose_device(args.device)
+    dtype = choose_dtype(args.dtype, device)
+    text = args.text_file.read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    stoi = {ch: i for i, ch in enumerate(chars)}
+    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
+    n_train = int((1 - args.val_fraction) * len(data))
+    splits = {"train": data[:n_train], "val": data[n_train:]}
+    if min(len(d) for d in splits.values()) <= args.block_size + 1:
+        raise SystemExit(f"{args.text_file} is too short for --block_size {args.block_size} with a "
+                         f"{args.val_fraction:.0%} validation split: use a longer text or a shorter block")
+
+    def get_batch(split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        d = splits[split]
+        starts = torch.randint(len(d) - args.block_size - 1, (args.batch_size,), generator=generator)
+        x = torch.stack([d[s:s + args.block_size] for s in starts])
+        y = torch.stack([d[s + 1:s + 1 + args.block_size] for s in starts])
+        return x.to(device), y.to(device)
+
+    def autocast():
+        return torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
+
+    @torch.no_grad()
+    def estimate_loss(model: GPT) -> dict[str, float]:
+        model.eval()
+        out = {}
+        for split in ("train", "val"):
+            g = torch.Generator().manual_seed(args.seed + 1)  # the same batches every evaluation
+            losses = []
+            for _ in range(args.eval_iters):
+                x, y = get_batch(split, g)
+                with autocast():
+                    losses.append(model(x, y)[1].item())
+            out[split] = sum(losses) / len(losses)
+        model.train()
+        return out
+
+    config = GPTConfig(vocab_size=len(chars), block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+                       n_embd=args.n_embd, dropout=args.dropout, position=args.position)
+    model = GPT(config).to(device)
+    optimizer = make_optimizer(model, args.lr, args.weight_decay)
+    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
+    batches = torch.Generator().manual_seed(args.seed)
+    history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}
+    print(f"{len(text):,} characters, vocabulary {len(chars)}, {model.num_params() / 1e6:.2f} M parameters, {device} {dtype}")
+    eval_seconds, start = 0.0, time.perf_counter()
+    model.train()
+    for step in range(args.max_steps + 1):
+        if step % args.eval_interval == 0 or step == args.max_steps:
+            t0 = time.perf_counter()
+            losses = estimate_loss(model)
+            eval_seconds += time.perf_counter() - t0
+            history["step"].append(step)
+            history["train_loss"].append(losses["train"])
+            history["val_loss"].append(losses["val"])
+            print(f"step {step:5d}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+        if step == args.max_steps:
+            break
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, args.max_steps, args.lr, min_lr, args.warmup_steps)
+        for _ in range(args.grad_accum):
+            x, y = get_batch("train", batches)
+            with autocast():
+                _, loss = model(x, y)
+            scaler.scale(loss / args.grad_accum).backward()
+        if args.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+    train_seconds = time.perf_counter() - start - eval_seconds
+
+    atomic_save({"config": asdict(config), "chars": chars, "model": model.state_dict(), "step": args.max_steps},
+                args.output_dir / "ckpt.pt")
+    sample = ""
+    if args.sample_tokens > 0:
+        model.eval()
+        prompt = torch.tensor([[stoi.get("\n", 0)]], device=device)
+        out = model.generate(prompt, args.sample_tokens, temperature=args.temperature, top_k=args.top_k,
+                             generator=torch.Generator(device).manual_seed(args.seed))
+        sample = "".join(chars[int(i)] for i in out[0, 1:])
+        atomic_save(sample.encode(), args.output_dir / "sample.txt")
+    metrics = {"first_train_loss": history["train_loss"][0], "last_train_loss": history["train_loss"][-1],
+               "first_val_loss": history["val_loss"][0], "val_loss": history["val_loss"][-1],
+               "uniform_loss": math.log(len(chars)), "val_perplexity": math.exp(history["val_loss"][-1]),
+               "history": history, "train_seconds": train_seconds,
+               "tokens_per_s": args.max_steps * args.grad_accum * args.batch_size * args.block_size / train_seconds,
+               "n_params": model.num_params(), "config": asdict(config), "device": device,
+               "dtype": str(dtype).replace("torch.", ""), "seed": args.seed}
+    atomic_save(json.dumps(metrics, indent=2).encode(), args.output_dir / "metrics.json")
+    print(f"val loss {metrics['val_loss']:.4f} (uniform {metrics['uniform_loss']:.4f}); saved {args.output_dir / 'ckpt.pt'}")
+    if sample:
+        print(f"--- sample ---\n{sample}")
+    return metrics
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,114 @@
+"""recipes/train_gpt.py: runs without the course package, learns, writes a checkpoint that reloads, and computes
+exactly what lesson 04's model (course_utils.topics.gpt) computes."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from course_utils.core.paths import REPO_ROOT
+from course_utils.topics import gpt, text_data
+
+RECIPE = REPO_ROOT / "recipes" / "train_gpt.py"
+TINY = ["--n_layer", "2", "--n_head", "2", "--n_embd", "64", "--block_size", "64", "--batch_size", "16",
+        "--lr", "3e-3", "--warmup_steps", "10", "--dropout", "0", "--device", "cpu"]
+
+
+def load_recipe():
+    """The recipe as a module (its dataclasses need it registered in sys.modules)."""
+    import sys
+
+    if "train_gpt_recipe" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("train_gpt_recipe", RECIPE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["train_gpt_recipe"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["train_gpt_recipe"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread(monkeypatch):
+    """A tiny GPT gains nothing from threads; on a busy machine thread hand-offs slow it down. The recipe's process
+    inherits OMP_NUM_THREADS."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_recipe_trains_on_a_text_file_and_its_checkpoint_reloads(run_recipe, tmp_path):
+    out = tmp_path / "out"
+    run_recipe("train_gpt.py", "--text_file", text_data.TINY_CORPUS, "--max_steps", "40", "--eval_interval", "40",
+               "--eval_iters", "2", "--sample_tokens", "40", "--output_dir", out, *TINY)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["last_train_loss"] < 0.8 * metrics["first_train_loss"], "the training loss should fall"
+    assert metrics["val_loss"] < 0.7 * metrics["uniform_loss"], "held-out loss should fall well below a uniform guess"
+    assert metrics["uniform_loss"] == pytest.approx(math.log(len(set(text_data.load_tiny_corpus()))))
+    assert len((out / "sample.txt").read_text()) == 40
+    assert not list(out.glob(".*.tmp")), "no temporary files may be left behind"
+
+    recipe = load_recipe()
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    model = recipe.GPT(recipe.GPTConfig(**ckpt["config"]))
+    model.load_state_dict(ckpt["model"])
+    # the checkpoint also loads into the lesson's class: same parameter names and shapes
+    lesson_model = gpt.GPT(gpt.GPTConfig(**ckpt["config"]))
+    lesson_model.load_state_dict(ckpt["model"])
+    text = text_data.load_tiny_corpus()
+    stoi = {ch: i for i, ch in enumerate(ckpt["chars"])}
+    val = torch.tensor([stoi[ch] for ch in text[int(0.9 * len(text)):]])
+    x, y = val[:64][None], val[1:65][None]
+    with torch.no_grad():
+        loss = model.eval()(x, y)[1].item()
+    assert loss < 0.75 * metrics["uniform_loss"], "the reloaded model should predict held-out text"
+
+
+@pytest.mark.parametrize("position", ["rope", "alibi"])
+def test_recipe_model_is_the_lessons_model(position):
+    """Same config, same weights -> the same loss, logits and generated tokens: the recipe has not drifted."""
+    recipe = load_recipe()
+    kw = dict(vocab_size=31, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, position=position)
+    torch.manual_seed(0)
+    ours = gpt.GPT(gpt.GPTConfig(**kw))
+    theirs = recipe.GPT(recipe.GPTConfig(**kw))
+    assert ours.num_params() == theirs.num_params()
+    theirs.load_state_dict(ours.state_dict())  # strict: the same parameter names and shapes
+    x = torch.randint(0, 31, (3, 32), generator=torch.Generator().manual_seed(1))
+    y = torch.roll(x, -1, dims=1)
+    ours.eval(), theirs.eval()
+    with torch.no_grad():
+        (lo, l_ours), (lt, l_theirs) = ours(x, y), theirs(x, y)
+    torch.testing.assert_close(lt, lo, rtol=0, atol=0)
+    assert l_ours.item() == l_theirs.item()
+    prompt = x[:1, :3]
+    assert torch.equal(ours.generate(prompt, 20, temperature=0.0), theirs.generate(prompt, 20, temperature=0.0))
+    # and one training step moves both the same way (same optimizer recipe: AdamW, decay on matrices only)
+    ours.train(), theirs.train()
+    for model in (ours, theirs):
+        opt = recipe.make_optimizer(model, 1e-3, 0.1)
+        model(x, y)[1].backward()
+        opt.step()
+    torch.testing.assert_close(theirs.state_dict()["blocks.0.attn.qkv.weight"], ours.state_dict()["blocks.0.attn.qkv.weight"])
+
+
+def test_recipe_schedule_matches_the_lesson_recipe():
+    recipe = load_recipe()
+    lr = [recipe.lr_at(s, 100, 1e-3, 1e-4, 10) for s in range(100)]
+    assert lr[0] == pytest.approx(1e-4) and lr[9] == pytest.approx(1e-3), "linear warm-up to the peak"
+    assert lr[-1] == pytest.approx(1e-4, rel=0.01) and all(a >= b for a, b in zip(lr[10:], lr[11:])), "cosine decay to min_lr"
+
+
+def test_recipe_refuses_a_text_too_short_for_its_context(tmp_path):
+    import subprocess
+    import sys
+
+    short = tmp_path / "short.txt"
+    short.write_text("to be or not to be\n" * 3)
+    proc = subprocess.run([sys.executable, str(RECIPE), "--text_file", str(short), "--max_steps", "1",
+                           "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "too short" in proc.stderr

@@ -1,0 +1,85 @@
+"""Every lesson's targets can fail in their mode, full-mode ones say where their value comes from, and no lesson
+records a constant (issue 10: "every target a real measurement").
+
+Reads notebooks/*.ipynb (metadata.course.targets and the code cells); runs nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from course_utils.runner.targets import literal_records, weak_targets
+
+ROOT = Path(__file__).resolve().parent.parent
+LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _problems(path: Path) -> list[str]:
+    notebook = json.loads(path.read_text())
+    targets = notebook.get("metadata", {}).get("course", {}).get("targets", {})
+    problems = []
+    for mode in ("smoke", "full"):
+        if mode not in targets:
+            problems.append(f"no {mode} targets (metadata.course.targets.{mode})")
+            continue
+        problems += weak_targets(targets[mode], mode)
+    unknown = set(targets) - {"smoke", "full"}
+    if unknown:
+        problems.append(f"targets for unknown modes {sorted(unknown)} (only 'smoke' and 'full')")
+    for i, cell in enumerate(notebook["cells"]):
+        if cell["cell_type"] == "code":
+            for call in literal_records("".join(cell["source"])):
+                problems.append(f"cell {i} records a constant, {call}: record the measurement instead")
+    return problems
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_every_target_can_fail(path):
+    problems = _problems(path)
+    assert not problems, f"{path.name}:\n  " + "\n  ".join(problems)
+
+
+# --- the checker itself, on targets written here ----------------------------------------------------------------
+@pytest.mark.parametrize("mode, targets", [
+    ("smoke", {"latency_onnx_cpu_ms": [">", 0]}),
+    ("smoke", {"lora_file_mb": [">", 0]}),
+    ("smoke", {"onnx_boxes_compared": [">", 0]}),
+    ("smoke", {"n_tokens": [">=", 0]}),
+    ("smoke", {"train_seconds": [">=", -1]}),
+    ("smoke", {"test_accuracy": [">=", 0]}),
+    ("smoke", {"recall_at_5": ["<=", 1.0]}),
+    ("full", {"peak_vram_train_gb": ["<=", 12, "estimate"]}),
+    ("full", {"train_peak_vram_gb": ["<", 16, "measured"]}),
+    ("smoke", {"kv_cache_match": ["==", 1]}),
+    ("smoke", {"loss_fell": ["==", True]}),
+    ("full", {"val_loss": ["<=", 1.5]}),  # no source
+    ("full", {"val_loss": ["<=", 1.5, "guessed"]}),
+    ("smoke", {"val_loss": ["=<", 1.5]}),  # unknown op
+    ("smoke", {"val_loss": ["<=", 1.5, "measured"]}),  # smoke targets have no source
+])
+def test_targets_that_cannot_fail_are_caught(mode, targets):
+    assert weak_targets(targets, mode), f"{targets} should be refused"
+
+
+@pytest.mark.parametrize("mode, targets", [
+    ("smoke", {"wer_improvement": [">", 0.0]}),  # an improvement can be negative
+    ("smoke", {"diabetes_r2": [">=", 0.3]}),
+    ("smoke", {"test_accuracy": [">=", 0.85]}),
+    ("smoke", {"kv_cache_speedup": [">=", 1.5], "token_match_rate": [">=", 0.99]}),
+    ("smoke", {"lora_size_ratio": ["<=", 1.05]}),
+    ("smoke", {"adapter_reload_max_diff": ["<=", 0.01]}),
+    ("full", {"train_peak_vram_gb": ["<=", 10.0, "estimate"], "image_tokens": ["==", 576, "measured"]}),
+    ("full", {"exact_match_gain": [">=", 0.2, "estimate"]}),
+    ("smoke", {"language": ["==", "en"]}),
+])
+def test_targets_that_can_fail_pass(mode, targets):
+    assert weak_targets(targets, mode) == []
+
+
+def test_recorded_constants_are_caught():
+    cell = "%matplotlib inline\nimport course_utils as cu\nok = rate > 0.9\ncu.record(kv_cache_match=1, speedup=s, flag=True)\nrecord(x=-2.5)"
+    assert literal_records(cell) == ["record(kv_cache_match=1)", "record(flag=True)", "record(x=-2.5)"]
+    assert literal_records("cu.record(rate=float(matches) / n, ok=int(all_equal))") == []
