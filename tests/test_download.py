@@ -59,3 +59,12 @@ def test_file_hash_sees_a_changed_file(tmp_path):
     first = dl.file_hash(path)
     path.write_bytes(b"two, longer")
     assert dl.file_hash(path) != first == hashlib.sha256(b"one").hexdigest()
+
+
+def test_an_unpinned_download_must_be_asked_for(tmp_path, monkeypatch):
+    payload = b"no published checksum"
+    monkeypatch.setattr("urllib.request.urlopen", lambda request, timeout: _FakeResponse(payload))
+    with pytest.raises(ValueError, match="pinned checksum"):
+        dl.download("https://example.invalid/x", tmp_path / "a.zip")
+    path = dl.download("https://example.invalid/x", tmp_path / "a.zip", unpinned=True)
+    assert path.read_bytes() == payload and not list(tmp_path.glob(".*.tmp"))

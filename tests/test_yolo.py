@@ -179,12 +179,12 @@ def test_runs_go_next_to_the_executed_notebook(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------- real data: missing or wrong
 
 def test_african_wildlife_missing_offline_is_a_course_error(monkeypatch):
-    import ultralytics.utils.downloads as downloads
+    import urllib.error
 
     def offline(*args, **kwargs):
-        raise ConnectionError("Download failure. Environment may be offline.")
+        raise urllib.error.URLError("no network")
 
-    monkeypatch.setattr(downloads, "safe_download", offline)
+    monkeypatch.setattr("urllib.request.urlopen", offline)
     with pytest.raises(cu.MissingData, match="african-wildlife.zip .*smoke mode"):
         yolo.african_wildlife_yaml()
     with pytest.raises(cu.MissingData, match="download_missing=False"):
@@ -208,16 +208,22 @@ def _wildlife_zip(path: Path, top: str = "") -> Path:
 def test_african_wildlife_trust_on_first_use_then_verified(top, monkeypatch, capsys):
     """No published checksum: the first download's sha256 is recorded beside the archive and every later use is
     checked against it; a changed archive is refused before it is unpacked again."""
-    import ultralytics.utils.downloads as downloads
+    import io
 
     staged = _wildlife_zip(Path(os.environ["COURSE_CACHE"]) / "staged.zip", top)
 
-    def fake_download(url, file=None, **kwargs):  # what the network would deliver
-        assert url == yolo.AFRICAN_WILDLIFE_URL
-        Path(file).write_bytes(staged.read_bytes())
-        return Path(file)
+    class Response(io.BytesIO):
+        def __enter__(self):
+            return self
 
-    monkeypatch.setattr(downloads, "safe_download", fake_download)
+        def __exit__(self, *exc):
+            return False
+
+    def fake_urlopen(request, timeout):  # what the network would deliver
+        assert request.full_url == yolo.AFRICAN_WILDLIFE_URL
+        return Response(staged.read_bytes())
+
+    monkeypatch.setattr("urllib.request.urlopen", fake_urlopen)
     data_yaml = yolo.african_wildlife_yaml()
     archive = Path(os.environ["COURSE_DATA"]) / "african-wildlife.zip"
     record = archive.with_name("african-wildlife.zip.sha256").read_text().split()
@@ -226,7 +232,7 @@ def test_african_wildlife_trust_on_first_use_then_verified(top, monkeypatch, cap
     spec = yaml.safe_load(data_yaml.read_text())
     assert spec["names"] == {0: "buffalo", 1: "elephant", 2: "rhino", 3: "zebra"} and spec["test"] == "images/test"
     assert len(yolo.split_images(data_yaml, "test")) == 2 and len(yolo.split_images(data_yaml, "train")) == 4
-    monkeypatch.setattr(downloads, "safe_download", lambda *a, **k: pytest.fail("a recorded archive is not fetched again"))
+    monkeypatch.setattr("urllib.request.urlopen", lambda *a, **k: pytest.fail("a recorded archive is not fetched again"))
     yolo.african_wildlife_yaml()
     assert "(recorded" in capsys.readouterr().out
     archive.write_bytes(archive.read_bytes() + b"tampered")

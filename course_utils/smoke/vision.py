@@ -14,12 +14,11 @@ from typing import TYPE_CHECKING
 
 from course_utils.core.paths import atomic_write, cache_dir
 from course_utils.topics.vision_data import MNIST_CLASSES, ImageData
+from course_utils.smoke.shapes import SHAPES_CLASSES, shape_masks
 
 if TYPE_CHECKING:
     import numpy as np
 
-SHAPES_CLASSES = ("disc", "square", "triangle", "cross", "ring",
-                  "h-stripes", "v-stripes", "d-stripes", "checkers", "dots")
 _SHAPES_VERSION = 1  # bump when the generator changes, so old caches are not reused
 
 
@@ -50,50 +49,6 @@ def smoke_digits(seed: int = 0, test_fraction: float = 0.2) -> ImageData:
 
 # ------------------------------------------------------------------------------------ generated smoke CIFAR set
 
-def _shape_masks(label: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` float masks (32x32, values in [0, 1]) of one class, with random position, size, angle and phase."""
-    import numpy as np
-
-    yy, xx = np.mgrid[0:32, 0:32].astype(np.float32)
-    yy, xx = yy[None], xx[None]
-
-    def draw(low: float, high: float) -> np.ndarray:
-        return rng.uniform(low, high, size=(n, 1, 1)).astype(np.float32)
-
-    cx, cy, r = draw(11, 21), draw(11, 21), draw(6, 10)
-    dx, dy = xx - cx, yy - cy
-    period, phase = draw(5, 9), draw(0, 2 * np.pi)
-
-    def waves(u: np.ndarray) -> np.ndarray:
-        return (np.sin(2 * np.pi * u / period + phase) > 0).astype(np.float32)
-
-    if label == 0:  # disc
-        mask = dx**2 + dy**2 <= r**2
-    elif label == 1:  # square (axis-aligned)
-        mask = (np.abs(dx) <= r * 0.85) & (np.abs(dy) <= r * 0.85)
-    elif label == 2:  # triangle pointing up
-        mask = (dy <= r * 0.8) & (dy >= -r) & (np.abs(dx) <= (dy + r) * 0.6)
-    elif label == 3:  # plus-shaped cross
-        arm = r * 0.3
-        mask = ((np.abs(dx) <= arm) & (np.abs(dy) <= r)) | ((np.abs(dy) <= arm) & (np.abs(dx) <= r))
-    elif label == 4:  # ring
-        d = np.sqrt(dx**2 + dy**2)
-        mask = (d <= r) & (d >= r * 0.55)
-    elif label == 5:  # horizontal stripes
-        return waves(yy)
-    elif label == 6:  # vertical stripes
-        return waves(xx)
-    elif label == 7:  # diagonal stripes
-        return waves((xx + yy) / np.sqrt(2))
-    elif label == 8:  # checkerboard: stripes one way XOR stripes the other
-        return np.abs(waves(xx) - waves(yy))
-    else:  # dots on a grid
-        spacing = period + 1
-        return ((((xx + phase) % spacing) - spacing / 2) ** 2 + (((yy + phase) % spacing) - spacing / 2) ** 2
-                <= (spacing * 0.28) ** 2).astype(np.float32)
-    return mask.astype(np.float32)
-
-
 def generate_shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """``n`` 32x32 RGB uint8 images (N x 3 x 32 x 32) of ten shapes/textures, and their labels, from ``seed``.
 
@@ -108,7 +63,7 @@ def generate_shapes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     images = np.empty((n, 32, 32, 3), dtype=np.float32)
     for label in range(10):
         idx = np.flatnonzero(labels == label)
-        mask = _shape_masks(label, len(idx), rng)[..., None]  # k x 32 x 32 x 1
+        mask = shape_masks(label, len(idx), rng)[..., None]  # k x 32 x 32 x 1
         fg = rng.uniform(0, 1, size=(len(idx), 1, 1, 3))
         bg = rng.uniform(0, 1, size=(len(idx), 1, 1, 3))
         # push the background away from the foreground so every shape stays visible

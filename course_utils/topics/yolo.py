@@ -141,21 +141,8 @@ def load_yolo(weights: str) -> Any:
 # Real data: Ultralytics' African Wildlife (train / val / test) or a learner's folder
 # --------------------------------------------------------------------------------------------------------------
 def _first_download(url: str, dest: Path) -> str:
-    """Trust on first use: fetch ``url`` (Ultralytics' own downloader), record its sha256 beside it, return it."""
-    from ultralytics.utils.downloads import safe_download
-
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.part")
-    part.unlink(missing_ok=True)
-    try:
-        safe_download(url, file=part, unzip=False, progress=True)
-    except (ConnectionError, OSError) as err:
-        part.unlink(missing_ok=True)
-        raise MissingData(f"Could not download {url} ({type(err).__name__}); put the file at {dest} yourself, or "
-                          f"{SMOKE_HINT}.") from None
-    if not part.is_file():
-        raise MissingData(f"Could not download {url}; put the file at {dest} yourself, or {SMOKE_HINT}.")
-    os.replace(part, dest)
+    """Trust on first use: fetch ``url`` with the course's downloader, record its sha256 beside it, return it."""
+    download(url, dest, unpinned=True, timeout=300)
     digest = file_hash(dest)
     with atomic_write(_pin_record(dest), "w") as out:
         out.write(f"{digest}  {dest.name}\n")
