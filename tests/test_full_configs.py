@@ -274,15 +274,7 @@ SIZES = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention
 #: Known differences that are not sizes. Reported to the owners of the smoke builders; each is asserted to still be
 #: there, so fixing one makes this test say "remove it from REPORTED".
 REPORTED = {
-    "llm": {
-        "rope_parameters": "Llama 3.1 uses rope_type 'llama3' (factor 8, low/high freq 1/4, original 8192); the tiny "
-                           "model uses plain RoPE",
-        "eos_token_id": "three stop ids in Llama 3.1 (<|end_of_text|>, <|eom_id|>, <|eot_id|>), two in the tiny model",
-        "chat_template": "the tiny template has no system header ('Cutting Knowledge Date ... Today Date ...') and no "
-                         "tool-calling branches",
-    },
     "llava": {
-        "text_config.rms_norm_eps": "1e-5 in LLaVA-1.5 (Vicuna), 1e-6 in the tiny language model",
         "tokenizer": "LLaVA-1.5 uses Llama 2's SentencePiece tokenizer (<s>, </s>, <unk>, <pad>); the tiny one a "
                      "Llama-3-style byte BPE (<|begin_of_text|>, <|eot_id|>)",
         "padding_side": "LLaVA-1.5's tokenizer pads on the left (batched generation); the tiny one on the right",

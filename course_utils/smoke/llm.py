@@ -22,24 +22,24 @@ from typing import Any
 
 from course_utils.core.paths import REPO_ROOT, atomic_dir, cache_dir, data_dir
 
-#: Llama-3-style chat template (the tiny tokenizer uses it; the real models ship their own).
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + message['content'] | trim + '<|eot_id|>' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
-)
-SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
+#: Llama 3.1 Instruct's own chat template, as published with the pinned revision (shipped in
+#: datasets/course/model_configs/), so smoke mode formats conversations exactly as full mode does.
+LLAMA31_CONFIGS = REPO_ROOT / "datasets" / "course" / "model_configs" / "meta-llama--Llama-3.1-8B-Instruct"
+CHAT_TEMPLATE: str = json.loads((LLAMA31_CONFIGS / "tokenizer_config.hub_api.json").read_text())["chat_template"]
+SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eom_id|>",
+                  "<|eot_id|>")
 
 #: The tiny model: the real Llama class, a few hundred thousand random weights. head_dim is set on purpose
 #: (LlamaConfig's default is 128, far too big for a 128-wide model).
 TINY_LLAMA_CONFIG = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
     head_dim=32, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5,
+    # Llama 3.1's long-context RoPE, as in its config.json
+    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                  "original_max_position_embeddings": 8192},
 )
 TINY_VOCAB_SIZE = 1024
-_TINY_SPEC_VERSION = "1"  # bump when the builder changes, so cached tiny models are rebuilt
+_TINY_SPEC_VERSION = "2"  # bump when the builder changes, so cached tiny models are rebuilt
 
 
 def default_corpus() -> list[str]:
@@ -95,13 +95,13 @@ def build_tiny_llm(folder: str | os.PathLike[str], texts: Iterable[str] | None =
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tokenizer = train_tiny_tokenizer(texts)
-    eot, end = tokenizer.convert_tokens_to_ids("<|eot_id|>"), tokenizer.convert_tokens_to_ids("<|end_of_text|>")
-    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eot],
+    end, eom, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
+    config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eom, eot],
                          **{**TINY_LLAMA_CONFIG, **config_overrides})
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     # the instruct models' sampling defaults (Llama 3.1: temperature 0.6, top-p 0.9), stopping at end of turn
-    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eot],
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eom, eot],
                                                do_sample=True, temperature=0.6, top_p=0.9)
     folder = Path(folder)
     with atomic_dir(folder) as tmp:

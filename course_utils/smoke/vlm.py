@@ -15,7 +15,7 @@ from course_utils.smoke.shapes import COLORS as _PALETTE
 from course_utils.smoke.shapes import SHAPES, draw_shape
 from course_utils.topics.vlm import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER
 
-TINY_VERSION = "v1"  # bump when the tiny model's recipe changes: a new cache folder is built
+TINY_VERSION = "v2"  # bump when the tiny model's recipe changes: a new cache folder is built
 TINY_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 16 image tokens (the real model: 24 x 24 = 576)
 
 
@@ -68,7 +68,7 @@ def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
         # can bring the loss down quickly -- the smoke run's proof
         text_config=LlamaConfig(
             hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-            head_dim=16, vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.3,
+            head_dim=16, vocab_size=len(tokenizer), max_position_embeddings=512, initializer_range=0.3, rms_norm_eps=1e-5,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
         ),
         image_token_index=tokenizer.convert_tokens_to_ids("<image>"), image_seq_length=(TINY_IMAGE_SIZE // 14) ** 2,
