@@ -277,7 +277,6 @@ REPORTED = {
     "llava": {
         "tokenizer": "LLaVA-1.5 uses Llama 2's SentencePiece tokenizer (<s>, </s>, <unk>, <pad>); the tiny one a "
                      "Llama-3-style byte BPE (<|begin_of_text|>, <|eot_id|>)",
-        "padding_side": "LLaVA-1.5's tokenizer pads on the left (batched generation); the tiny one on the right",
     },
     "whisper": {
         "suppress_tokens": "the tiny generation config also suppresses 50358 and 50359 (<|translate|>, "

@@ -13,6 +13,7 @@ loads a hub id. The loader that picks it in smoke mode is ``course_utils.topics.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ SPECIAL_TOKENS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>",
 #: (LlamaConfig's default is 128, far too big for a 128-wide model).
 TINY_LLAMA_CONFIG = dict(
     hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-    head_dim=32, max_position_embeddings=2048, rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5,
+    head_dim=32, max_position_embeddings=131072, rope_theta=500000.0, tie_word_embeddings=False, rms_norm_eps=1e-5,
     # Llama 3.1's long-context RoPE, as in its config.json
     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 8192},
@@ -56,7 +57,8 @@ def default_corpus() -> list[str]:
 
 
 def train_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = TINY_VOCAB_SIZE,
-                         extra_special_tokens: Sequence[str] = (), chat_template: str = CHAT_TEMPLATE) -> Any:
+                         extra_special_tokens: Sequence[str] = (), chat_template: str = CHAT_TEMPLATE,
+                         padding_side: str = "right") -> Any:
     """Train a byte-level BPE tokenizer (like GPT-2's and Llama 3's) on local text, offline, in well under a second.
 
     Returns a ``PreTrainedTokenizerFast`` with Llama-3-style special tokens, a chat template, BOS added to plain
@@ -78,7 +80,7 @@ def train_tiny_tokenizer(texts: Iterable[str] | None = None, vocab_size: int = T
                                                        special_tokens=[(bos, bpe.token_to_id(bos))])
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=bpe, bos_token=bos, eos_token="<|eot_id|>", model_max_length=TINY_LLAMA_CONFIG["max_position_embeddings"],
-        extra_special_tokens=list(extra_special_tokens) or None,
+        extra_special_tokens=list(extra_special_tokens) or None, padding_side=padding_side,
     )
     tokenizer.chat_template = chat_template
     return tokenizer
@@ -96,8 +98,9 @@ def build_tiny_llm(folder: str | os.PathLike[str], texts: Iterable[str] | None =
 
     tokenizer = train_tiny_tokenizer(texts)
     end, eom, eot = tokenizer.convert_tokens_to_ids(["<|end_of_text|>", "<|eom_id|>", "<|eot_id|>"])
+    settings = copy.deepcopy({**TINY_LLAMA_CONFIG, **config_overrides})  # LlamaConfig edits rope_scaling in place
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eom, eot],
-                         **{**TINY_LLAMA_CONFIG, **config_overrides})
+                         **settings)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     # the instruct models' sampling defaults (Llama 3.1: temperature 0.6, top-p 0.9), stopping at end of turn

@@ -15,7 +15,7 @@ from course_utils.smoke.shapes import COLORS as _PALETTE
 from course_utils.smoke.shapes import SHAPES, draw_shape
 from course_utils.topics.vlm import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER
 
-TINY_VERSION = "v2"  # bump when the tiny model's recipe changes: a new cache folder is built
+TINY_VERSION = "v4"  # bump when the tiny model's recipe changes: a new cache folder is built
 TINY_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 16 image tokens (the real model: 24 x 24 = 576)
 
 
@@ -49,7 +49,7 @@ def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
     from course_utils.core.paths import atomic_dir
 
     tokenizer = train_tiny_tokenizer([_TOKENIZER_TEXT] * 4, vocab_size=384, extra_special_tokens=["<image>", "<pad>"],
-                                     chat_template=LLAVA_CHAT_TEMPLATE)
+                                     chat_template=LLAVA_CHAT_TEMPLATE, padding_side="left")  # as LLaVA-1.5's
     tokenizer.pad_token = "<pad>"
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": TINY_IMAGE_SIZE}, crop_size={"height": TINY_IMAGE_SIZE, "width": TINY_IMAGE_SIZE},
