@@ -21,7 +21,7 @@ import torch  # noqa: E402
 
 from course_utils.core import memory  # noqa: E402
 
-GIB = 1024**3
+from course_utils.core.memory import GIB  # noqa: E402
 CAP_GB = 12.0
 RESULTS: list[dict] = []
 

@@ -43,6 +43,7 @@ _EXPORTS = {
     "estimate_training_vram": "core.memory",
     "fits_card": "core.memory",
     "REFERENCE_CARD_GB": "core.memory",
+    "GIB": "core.memory",
     "safe_defaults": "core.defaults",
     "SafeDefaults": "core.defaults",
     "find_max_batch_size": "core.oom",

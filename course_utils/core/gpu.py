@@ -42,7 +42,7 @@ class GPUReport:
                 ("device", "CPU only (no CUDA GPU visible to PyTorch)"),
                 ("torch", self.torch_version),
                 ("python", self.python_version),
-                ("what you can run", "every lesson in smoke mode (SMOKE=1); full mode needs a GPU"),
+                ("what you can run", "every lesson in smoke mode; full mode needs a GPU"),
             ]
         cc = ".".join(map(str, self.compute_capability)) if self.compute_capability else "?"
         return [

@@ -34,7 +34,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from course_utils.core.errors import BadParameter
+from course_utils.core.errors import SMOKE_HINT, BadParameter
 from course_utils.core.hub import (ModelAccessError, NotEnoughDisk, cached_gb, check_disk_space, explain_hub_error,  # noqa: F401
                                    check_revision, hf_cache_dir, hub_errors_explained)
 from course_utils.core.memory import GIB
@@ -81,7 +81,7 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
         raise BadParameter(f"quantization={quantization!r} is not one of {QUANTIZATIONS}; use '4bit' on a 12 GB card.")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise BadParameter("device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or run smoke mode.")
+        raise BadParameter(f"device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
     source = str(tiny_llm_dir()) if smoke else (model_id or DEFAULT_MODEL_ID)
     if revision is None and not smoke:
         revision = PINNED_REVISIONS.get(source)

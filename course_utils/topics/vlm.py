@@ -18,7 +18,7 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
-from course_utils.core.errors import BadParameter, MissingData
+from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
 
 LLAVA_ID = "llava-hf/llava-1.5-7b-hf"
 LLAVA_REVISION = "b234b804b114d9e37bb655e11cbbb5f5e971b7a9"  # pinned hub commit of llava-hf/llava-1.5-7b-hf
@@ -83,7 +83,7 @@ def load_llava(
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise BadParameter("device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or run smoke mode.")
+        raise BadParameter(f"device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
     if device == "cpu":
         dtype = torch.float32
     else:
@@ -107,7 +107,7 @@ def load_llava(
     except OSError as err:  # anything the hub helper did not recognise
         raise MissingData(
             f"Could not load {source} ({type(err).__name__}: {str(err).splitlines()[0][:200]}): download it once with "
-            f"internet (`hf download {model_id} --revision {revision}`, ~14 GB) or run this lesson in smoke mode (SMOKE=1)."
+            f"internet (`hf download {model_id} --revision {revision}`, ~14 GB), or {SMOKE_HINT}."
         ) from None
     model.eval()
     return model, processor
