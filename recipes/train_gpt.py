@@ -31,7 +31,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # =============================================================================================== the model
-# (the same code as the course's course_utils/topics/gpt.py; a test checks they compute the same numbers)
+# (lesson 04 imports this very code through course_utils/topics/gpt.py: the lesson and the recipe are one model)
 
 @dataclass
 class GPTConfig:

@@ -1,4 +1,4 @@
-"""Lesson 04's model (course_utils/topics/gpt.py) and data (course_utils/topics/text_data.py).
+"""Lesson 04's model (recipes/train_gpt.py, through course_utils/topics/gpt.py) and data (course_utils/topics/text_data.py).
 
 The KV cache must not change a single token; training must lower the loss; weight tying must share storage; the
 tokenizer must round-trip; the data loader must fail with a course error that says what to do.
@@ -64,7 +64,7 @@ def test_kv_cache_refuses_tokens_past_the_context():
     cache = KVCache(model.config)
     with torch.no_grad():
         model(torch.zeros(1, 30, dtype=torch.long), cache=cache)
-        with pytest.raises(cu.BadParameter, match="exceed the context"):
+        with pytest.raises(ValueError, match="exceed the context"):
             model(torch.zeros(1, 3, dtype=torch.long), cache=cache)
 
 

@@ -1,5 +1,5 @@
-"""recipes/train_gpt.py: runs without the course package, learns, writes a checkpoint that reloads, and computes
-exactly what lesson 04's model (course_utils.topics.gpt) computes."""
+"""recipes/train_gpt.py: runs without the course package, learns, writes a checkpoint that reloads, and is the very
+code lesson 04's model (course_utils.topics.gpt) runs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import importlib.util
 import json
 import math
 
+from pathlib import Path
+
 import pytest
 import torch
 
+import course_utils as cu
 from course_utils.core.paths import REPO_ROOT
 from course_utils.topics import gpt, text_data
 
@@ -68,32 +71,17 @@ def test_recipe_trains_on_a_text_file_and_its_checkpoint_reloads(run_recipe, tmp
     assert loss < 0.75 * metrics["uniform_loss"], "the reloaded model should predict held-out text"
 
 
-@pytest.mark.parametrize("position", ["rope", "alibi"])
-def test_recipe_model_is_the_lessons_model(position):
-    """Same config, same weights -> the same loss, logits and generated tokens: the recipe has not drifted."""
-    recipe = load_recipe()
-    kw = dict(vocab_size=31, block_size=32, n_layer=2, n_head=2, n_embd=32, dropout=0.0, position=position)
-    torch.manual_seed(0)
-    ours = gpt.GPT(gpt.GPTConfig(**kw))
-    theirs = recipe.GPT(recipe.GPTConfig(**kw))
-    assert ours.num_params() == theirs.num_params()
-    theirs.load_state_dict(ours.state_dict())  # strict: the same parameter names and shapes
-    x = torch.randint(0, 31, (3, 32), generator=torch.Generator().manual_seed(1))
-    y = torch.roll(x, -1, dims=1)
-    ours.eval(), theirs.eval()
-    with torch.no_grad():
-        (lo, l_ours), (lt, l_theirs) = ours(x, y), theirs(x, y)
-    torch.testing.assert_close(lt, lo, rtol=0, atol=0)
-    assert l_ours.item() == l_theirs.item()
-    prompt = x[:1, :3]
-    assert torch.equal(ours.generate(prompt, 20, temperature=0.0), theirs.generate(prompt, 20, temperature=0.0))
-    # and one training step moves both the same way (same optimizer recipe: AdamW, decay on matrices only)
-    ours.train(), theirs.train()
-    for model in (ours, theirs):
-        opt = recipe.make_optimizer(model, 1e-3, 0.1)
-        model(x, y)[1].backward()
-        opt.step()
-    torch.testing.assert_close(theirs.state_dict()["blocks.0.attn.qkv.weight"], ours.state_dict()["blocks.0.attn.qkv.weight"])
+def test_the_lessons_model_is_the_recipes_code():
+    """One model, written once: lesson 04 imports the recipe's classes (course_utils.topics.gpt loads the file)."""
+    import inspect
+
+    for name in ("GPT", "KVCache", "Block", "MLP", "CausalSelfAttention", "rope_tables", "apply_rope", "alibi_slopes"):
+        assert Path(inspect.getsourcefile(getattr(gpt, name))).resolve() == RECIPE.resolve(), \
+            f"course_utils.topics.gpt.{name} must be recipes/train_gpt.py's, not a copy"
+    base = gpt.GPTConfig.__mro__[1]
+    assert Path(inspect.getsourcefile(base)).resolve() == RECIPE.resolve(), "GPTConfig extends the recipe's config"
+    with pytest.raises(cu.BadParameter, match="rope"):  # the one addition: a course error for a bad setting
+        gpt.GPTConfig(position="learned")
 
 
 def test_recipe_schedule_matches_the_lesson_recipe():
