@@ -3,6 +3,13 @@
 #   make lab      open JupyterLab on http://127.0.0.1:8888 with a login token
 #   make course   run every lesson in full mode and write runs/<time>/report.md  (MODE=smoke for the quick one;
 #                 SKIP_GPU=1 to accept that lessons needing a GPU were skipped)
+#   make translations            build notebooks-fr/, notebooks-zh-Hant/, notebooks-ja/ from translations/
+#   make lab LANG=ja             the Lab on the lessons in Japanese (LANG=fr, zh-Hant, ja; built first)
+#   make course LANG=fr          run the lessons in French (built first; MODE and SKIP_GPU as above)
+#   make rapids   optional: RAPIDS (cudf.pandas, cuml.accel) in .venv-rapids for lesson 17 (NVIDIA GPU, ~5 GB)
+#   make demo    the course's web demo (lesson 12) on http://127.0.0.1:7860, login printed at start (SMOKE=1: tiny models)
+#   make llamacpp  optional: compile llama-cpp-python into .venv for lesson 12's GGUF comparison (~45 min on 2 busy cores)
+#   make engines  lesson 13: one script under DDP, FSDP, ZeRO-2, ZeRO-3 on 2 processes (CPUs: gloo; ~4 min, a C++ compiler for DeepSpeed)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -11,10 +18,18 @@ STAMP := $(VENV)/.installed
 KERNEL := dl12gb
 MODE ?= full
 PORT ?= 8888
+# LANG is also the locale variable (LANG=C.UTF-8...): it names a course language only when it is one of these,
+# and then the commands below run with the locale C.UTF-8 (LANG=ja is no locale).
+COURSE_LANGS := fr zh-Hant ja
+COURSE_LANG := $(filter $(COURSE_LANGS),$(LANG))
+NB_DIR := $(if $(COURSE_LANG),notebooks-$(COURSE_LANG),notebooks)
+ifneq ($(COURSE_LANG),)
+override LANG := C.UTF-8
+endif
 
-.PHONY: setup test unit notebooks lab course bench clean help
+.PHONY: setup test unit notebooks lab course bench clean help translations rapids demo llamacpp engines
 help:
-	@sed -n '2,5p' Makefile
+	@sed -n '2,12p' Makefile
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,9 +42,10 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Unit tests, then every lesson in smoke mode (tests/test_notebooks.py), then one lesson through nbval.
+# Unit tests, then every lesson in smoke mode (tests/test_notebooks.py), on two workers (pytest-xdist; each has its own
+# home and caches, see conftest.py), then one lesson through nbval.
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 	SMOKE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks/01_sklearn_basics.ipynb
 
 unit: setup
@@ -37,17 +53,56 @@ unit: setup
 
 # The token travels in the environment (JUPYTER_TOKEN), never on the command line where `ps` shows it to other
 # users. The Lab is rooted at the repository (links such as ../course_utils/topics/gpt.py open) and starts in notebooks/.
-lab: setup
+lab: setup $(if $(COURSE_LANG),translations)
 	@TOKEN=$${JUPYTER_TOKEN:-$$($(BIN)/python -c 'import secrets; print(secrets.token_hex(24))')}; \
-	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab/tree/notebooks?token=$$TOKEN"; \
+	echo "JupyterLab: http://127.0.0.1:$(PORT)/lab/tree/$(NB_DIR)?token=$$TOKEN"; \
 	JUPYTER_TOKEN="$$TOKEN" exec $(BIN)/jupyter lab --no-browser --ip=127.0.0.1 --port=$(PORT) \
 	  --LabApp.news_url=None --LabApp.check_for_updates_class=jupyterlab.handlers.announcements.NeverCheckForUpdate \
 	  --LabApp.extension_manager=readonly \
-	  --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/notebooks $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
+	  --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(NB_DIR) $$( [ "$$(id -u)" = 0 ] && echo --allow-root )
 
 # Full mode fails when a lesson could not run for want of a GPU; SKIP_GPU=1 accepts the skip (the report says so).
-course: setup
-	$(BIN)/course-run --mode $(MODE)$(if $(filter-out 0,$(SKIP_GPU)), --skip-gpu-lessons)
+course: setup $(if $(COURSE_LANG),translations)
+	$(BIN)/course-run --mode $(MODE)$(if $(COURSE_LANG), --notebooks $(NB_DIR))$(if $(filter-out 0,$(SKIP_GPU)), --skip-gpu-lessons)
+
+# The translated lessons, built from notebooks/ and translations/<lang>/ (never edit notebooks-<lang>/ by hand).
+# With LANG=fr|zh-Hant|ja only that language; otherwise all of them.
+translations: setup
+	$(BIN)/python -m course_utils.i18n build$(if $(COURSE_LANG), --lang $(COURSE_LANG))
+
+# Optional (lesson 17): RAPIDS in its own venv, .venv-rapids: ~5 GB of CUDA 12 wheels, for an NVIDIA GPU with a CUDA 12
+# driver. Its own venv because cudf-cu12 26.10 needs pandas < 3.1 (the course pins 3.1.1); the lesson runs the same
+# script with .venv-rapids/bin/python on the CPU and on the GPU, so both runs use the same library versions.
+RAPIDS_VENV := .venv-rapids
+rapids:
+	@test -x $(RAPIDS_VENV)/bin/python || $(PYTHON) -m venv $(RAPIDS_VENV)
+	$(RAPIDS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(RAPIDS_VENV)/bin/python -m pip install --quiet cudf-cu12==26.10.2 cuml-cu12==26.10.0 pandas==3.0.6 \
+	  scikit-learn==1.9.1 numpy==2.4.6 pyarrow==26.0.1
+	$(RAPIDS_VENV)/bin/python -c "import cudf, cuml; print('RAPIDS', cudf.__version__, cuml.__version__, 'in $(RAPIDS_VENV)')"
+
+# The course's web demo (lesson 12): Gradio on FastAPI, bound to 127.0.0.1. The password is printed at start (or taken
+# from DEMO_PASSWORD in the environment), never passed on the command line. SMOKE=1 serves the tiny offline models.
+DEMO_PORT ?= 7860
+demo: setup
+	DEMO_PORT=$(DEMO_PORT) $(BIN)/python -m course_utils.demo
+
+# Optional (lesson 12): llama-cpp-python compiles llama.cpp from source with gcc and cmake (measured: 44 min on a busy
+# 2-core machine, the build niced; minutes on 8+ cores), too slow for `make setup`. The source release also holds llama.cpp's GGUF converter
+# and its gguf-py, unpacked into .venv/src for lesson 12's export; sentencepiece is what the converter imports besides.
+# Neither changes a version the course pins (they add diskcache and sentencepiece).
+LLAMACPP_VERSION := 0.3.36
+LLAMACPP_SRC := $(VENV)/src/llama_cpp_python-$(LLAMACPP_VERSION)
+llamacpp: setup
+	mkdir -p $(VENV)/src
+	$(BIN)/python -m pip download --quiet --no-binary :all: --no-deps llama-cpp-python==$(LLAMACPP_VERSION) -d $(VENV)/src
+	tar -xzf $(LLAMACPP_SRC).tar.gz -C $(VENV)/src $(notdir $(LLAMACPP_SRC))/vendor/llama.cpp/convert_hf_to_gguf.py \
+	  $(notdir $(LLAMACPP_SRC))/vendor/llama.cpp/conversion $(notdir $(LLAMACPP_SRC))/vendor/llama.cpp/gguf-py/gguf
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install $(LLAMACPP_SRC).tar.gz sentencepiece==0.2.3
+	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
+
+engines: setup
+	$(BIN)/python -m course_utils.topics.multigpu
 
 clean:
 	rm -rf build runs .pytest_cache

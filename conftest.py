@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent
-HOME = Path(os.environ.get("COURSE_TEST_HOME", ROOT / "build" / "test-home"))
+# Under pytest-xdist (`pytest -n 2`) each worker gets its own home, caches and network-guard log: nothing writable is
+# shared between workers, so no test sees another's half-built tiny model or network attempt.
+HOME = Path(os.environ.get("COURSE_TEST_HOME", ROOT / "build" / "test-home")) / os.environ.get("PYTEST_XDIST_WORKER", "")
 GUARD_DIR = ROOT / "tests" / "netguard"
 
 _ENV = {

@@ -16,8 +16,11 @@ LESSONS = run.discover()
 IDS = [p.stem for p in LESSONS]
 REQUIRED_HEADINGS = ("Setup", "If it runs out of memory", "Results", "Exercises", "Summary")
 CALLOUT = "> **Smoke mode.**"
-#: The course path (README, COURSE_NOTES' paths A and B): lesson number -> week.
-WEEKS = {"00": 0, "01": 1, "02": 2, "03": 2, "04": 3, "05": 4, "06": 4, "07": 5, "08": 6, "09": 7, "10": 8, "11": 8}
+#: The course path (README, COURSE_NOTES' paths A and B): lesson number -> week. Lessons not on the path are
+#: electives: titled "# Elective · …", with metadata.course.elective true and no week.
+WEEKS = {"00": 0, "01": 1, "02": 2, "03": 2, "04": 3, "05": 4, "06": 4, "07": 5, "08": 6, "09": 7, "10": 8, "11": 8,
+         "12": 9, "13": 10}
+TITLE = re.compile(r"# (?:Week (\d+)|Elective) · ")
 
 
 def cells(path):
@@ -151,7 +154,8 @@ def test_imports_live_in_setup(path):
 def test_skeleton(path):
     all_cells = cells(path)
     title = source(all_cells[0])
-    assert all_cells[0]["cell_type"] == "markdown" and re.match(r"# Week \d+ · ", title), f"{path.name}: first cell must be '# Week N · Title'"
+    assert all_cells[0]["cell_type"] == "markdown" and TITLE.match(title), \
+        f"{path.name}: first cell must be '# Week N · Title' (or '# Elective · Title' for an elective)"
     assert "VRAM" in title and "prerequisites" in title.lower(), f"{path.name}: title cell needs the objectives/prerequisites/time/VRAM table"
     headings = [line.lstrip("#").strip() for c in all_cells if c["cell_type"] == "markdown"
                 for line in source(c).splitlines() if line.startswith("## ")]
@@ -164,11 +168,17 @@ def test_skeleton(path):
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)
 def test_week_agrees_with_the_course_path(path):
     number = path.stem[:2]
-    title_week = int(re.match(r"# Week (\d+)", source(cells(path)[0])).group(1))
-    meta_week = run.lesson_meta(path).get("week")
+    week = TITLE.match(source(cells(path)[0])).group(1)
+    meta = run.lesson_meta(path)
     if number in WEEKS:
-        assert title_week == WEEKS[number], f"{path.name}: the course path puts it in week {WEEKS[number]}, not {title_week}"
-    assert meta_week == title_week, f"{path.name}: metadata.course.week {meta_week} != title's week {title_week}"
+        assert week is not None and int(week) == WEEKS[number], \
+            f"{path.name}: the course path puts it in week {WEEKS[number]}, not {week}"
+        assert meta.get("week") == int(week) and not meta.get("elective"), \
+            f"{path.name}: metadata.course.week {meta.get('week')} != title's week {week}"
+    else:
+        assert week is None and meta.get("elective") is True and meta.get("week") is None, (
+            f"{path.name}: a lesson off the course path (WEEKS) is an elective: title '# Elective · …', "
+            f"metadata.course.elective true and week null")
 
 
 def _section(all_cells, heading: str) -> str:
@@ -212,7 +222,8 @@ def test_summary_shows_the_take_home_recipe(path):
 @pytest.mark.parametrize("path", LESSONS, ids=IDS)
 def test_declares_targets_for_both_modes(path):
     meta = run.lesson_meta(path)
-    assert meta.get("title") and isinstance(meta.get("week"), int), f"{path.name}: metadata.course needs title and week"
+    assert meta.get("title") and (isinstance(meta.get("week"), int) or meta.get("elective")), \
+        f"{path.name}: metadata.course needs a title and a week (or elective: true)"
     assert "vram_gb" in meta and "needs_gpu" in meta, f"{path.name}: metadata.course needs vram_gb and needs_gpu"
     for mode in ("smoke", "full"):
         targets = meta.get("targets", {}).get(mode)

@@ -17,11 +17,14 @@ RECIPES = sorted((ROOT / "recipes").glob("*.py"))
 
 
 def table_rows() -> dict[str, list[str]]:
+    """Rows of the README's lesson table (`| week | [lesson](…) | what | recipe | …`) and of its electives table
+    (`| [lesson](…) | what | recipe | …`, read with week "—"), by lesson name."""
     rows = {}
     for line in (ROOT / "README.md").read_text().splitlines():
-        m = re.match(r"\| (\d+) \| \[(\d\d_\w+)\.ipynb\]", line)
+        m = re.match(r"\| (?:(\d+) \| )?\[(\d\d_\w+)\.ipynb\]", line)
         if m:
-            rows[m.group(2)] = [c.strip() for c in line.strip().strip("|").split("|")]
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            rows[m.group(2)] = cells if m.group(1) else ["—", *cells]
     return rows
 
 
@@ -42,7 +45,11 @@ def test_readme_row_matches_the_lesson(path):
     rows = table_rows()
     assert path.stem in rows, f"README's lesson table has no row for {path.name}"
     week, _, _, recipe = rows[path.stem][:4]
-    assert int(week) == run.lesson_meta(path)["week"], f"README puts {path.stem} in week {week}; the lesson says otherwise"
+    meta = run.lesson_meta(path)
+    if meta.get("elective"):
+        assert week == "—", f"README lists elective {path.stem} in the week-by-week table; it belongs under Electives"
+    else:
+        assert week.isdigit() and int(week) == meta["week"], f"README puts {path.stem} in week {week}; the lesson says otherwise"
     named = summary_recipes(path)
     if named:
         assert f"recipes/{named[0]}" in recipe, f"README's recipe column for {path.stem} should be recipes/{named[0]}"

@@ -330,3 +330,22 @@ def test_every_cell_gets_a_default_time_limit(lessons, tmp_path, monkeypatch):
     assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["full"] == 1800
     run.run_lesson(path, tmp_path, "full", {}, timeout=60, progress=False)
     assert seen["execution_timeout"] == 60
+
+
+def test_a_multi_process_cell_whose_workers_hang_is_stopped_with_its_workers(lessons, tmp_path):
+    """A training cell that launched workers in their own session (as a multi-process launch does) and waits on them
+    forever: the runner stops it at the time limit, names the lesson, and ends the workers it left behind."""
+    pid_file = tmp_path / "worker.pid"
+    body = ("import subprocess, sys, time\n"
+            "worker = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'], start_new_session=True)\n"
+            f"open({str(pid_file)!r}, 'w').write(str(worker.pid))\n"
+            "worker.wait()  # a rank blocked in a collective after its peer died")
+    hang = make_lesson(lessons, "13_hang", body)
+    start = time.perf_counter()
+    result = run.run_lesson(hang, tmp_path, "smoke", {}, timeout=4, progress=False)
+    assert time.perf_counter() - start < 60
+    assert result.status == "failed"
+    assert "13_hang" in result.error and "4 s limit" in result.error and "stopped 1 process" in result.error
+    pid = int(pid_file.read_text())
+    time.sleep(0.2)
+    assert not Path(f"/proc/{pid}").exists() or run._is_zombie(pid), "the hanging worker is still running"

@@ -252,12 +252,15 @@ def estimate_training_vram(
     overhead_gb: float = CUDA_CONTEXT_GB,
     chunked_loss: bool = False,
     loss_chunks: int = 8,
+    offload_optimizer: bool = False,
 ) -> VRAMEstimate:
     """Estimate peak training memory for full fine-tuning, LoRA (16-bit base) or QLoRA (4-bit base).
 
     Full fine-tuning assumes mixed precision with fp32 master weights (4 + 4 bytes of weight and gradient a
     parameter) unless ``weight_bits`` says otherwise. ``chunked_loss=True`` counts a chunked cross-entropy
     (torchtune's ``CEWithChunkedOutputLoss``, ``loss_chunks`` chunks) instead of transformers' whole-batch loss.
+    ``offload_optimizer=True`` keeps the optimizer state in CPU RAM (DeepSpeed ZeRO-Offload on one GPU): it leaves
+    the card, and a note says how much RAM it takes. For several GPUs see :func:`estimate_zero_model_states`.
     """
     est = VRAMEstimate()
     opt = OPTIMIZER_BYTES[optimizer]
@@ -274,6 +277,9 @@ def estimate_training_vram(
         est.parts["optimizer state"] = trainable * opt / GIB
         if not shape.is_transformer:
             est.notes.append("LoRA size needs transformer dimensions; only the frozen weights were counted")
+    if offload_optimizer:
+        est.notes.append(f"optimizer state in CPU RAM: {est.parts['optimizer state']:.2f} GiB there, none on the card")
+        est.parts["optimizer state"] = 0.0
     est.parts["activations"] = _training_activations_gb(shape, seq_len, batch_size, gradient_checkpointing)
     if not shape.is_transformer and gradient_checkpointing and shape.activation_gb_per_sample:
         est.notes.append(f"gradient checkpointing keeps ~{shape.checkpointed_fraction:.0%} of the activations "
@@ -398,3 +404,113 @@ def params_human(n: float) -> str:
 
 def round_up(x: float, step: float = 0.5) -> float:
     return math.ceil(x / step) * step
+
+
+# ---------------------------------------------------------------------------------------------- many cards: ZeRO
+#: Bytes a parameter costs in mixed-precision AdamW training as DeepSpeed's ZeRO engine holds them: 16-bit weights
+#: for the forward/backward, 16-bit gradients (reduced into an fp32 partition from stage 2 on, so stage 3 keeps only
+#: the fp32 one), fp32 master weights and two fp32 moments. Stage 2 per GPU: 2 + (2 + 4 + 4 + 8) / N = DeepSpeed's
+#: "2 + 18 / N"; stage 3: (2 + 4 + 4 + 8) / N = its "18 / N" (ZeRO paper, Rajbhandari et al. 2020, with K = 12 plus
+#: the fp32 gradient partition DeepSpeed's optimizer steps on).
+ZERO_BYTES: dict[str, int] = {"weights16": 2, "grads16": 2, "grads32": 4, "master32": 4, "moments32": 8}
+
+
+@dataclass(frozen=True)
+class ZeroEstimate:
+    """Model-state memory (weights, gradients, optimizer state) per GPU and in CPU RAM, in GiB, for one ZeRO plan."""
+
+    stage: int
+    world_size: int
+    gpu_parts: dict[str, float]
+    cpu_gb: float
+    notes: tuple[str, ...] = ()
+
+    @property
+    def gpu_gb(self) -> float:
+        return sum(self.gpu_parts.values())
+
+    def __str__(self) -> str:
+        lines = [f"  {k:<30}{v:8.2f} GiB" for k, v in self.gpu_parts.items() if v > 0.0005]
+        lines.append(f"  {'per GPU (model states)':<30}{self.gpu_gb:8.2f} GiB")
+        lines.append(f"  {'CPU RAM':<30}{self.cpu_gb:8.2f} GiB")
+        return "\n".join(lines + [f"  note: {n}" for n in self.notes])
+
+
+def estimate_zero_model_states(
+    n_params: float,
+    world_size: int = 1,
+    stage: int = 2,
+    offload_optimizer: bool = False,
+    offload_params: bool = False,
+    largest_layer_params: float = 0.0,
+    gpus_per_node: int | None = None,
+    buffer_factor: float = 1.5,
+) -> ZeroEstimate:
+    """Per-GPU memory of the model states under ZeRO stage 0-3 on ``world_size`` GPUs, mixed precision + AdamW.
+
+    Stage 0 is plain data parallelism (DDP: everything replicated on every GPU). Stage 1 splits the optimizer state
+    (fp32 master weights, moments, the fp32 gradient it steps on) over the GPUs, stage 2 the 16-bit gradients too,
+    stage 3 the 16-bit weights too (a GPU gathers one layer at a time: ``largest_layer_params`` in fp32, as DeepSpeed
+    budgets it). ``offload_optimizer`` (ZeRO-Offload) keeps the optimizer state and its step in CPU RAM;
+    ``offload_params`` (ZeRO-Infinity, stage 3) the weights too. Activations are not model states: add them from
+    :func:`estimate_training_vram`. PyTorch FSDP full shard holds what stage 3 holds.
+
+    The CPU side follows DeepSpeed's estimators (``estimate_zero2/3_model_states_mem_needs``, zero_init for
+    stage 3): ``buffer_factor`` (1.5) covers pinned buffers, and every process on a node first loads the fp32 model.
+    """
+    if stage not in (0, 1, 2, 3):
+        raise ValueError(f"ZeRO stage must be 0, 1, 2 or 3, not {stage!r}.")
+    if offload_params and stage != 3:
+        raise ValueError("offload_params needs ZeRO stage 3 (only stage 3 partitions the weights).")
+    if offload_optimizer and stage == 0:
+        raise ValueError("offload_optimizer needs ZeRO stage 1, 2 or 3.")
+    n = max(1, int(world_size))
+    per_node = gpus_per_node or n
+    nodes = max(1, n // per_node)
+    b = ZERO_BYTES
+
+    def split(bytes_: float, partitioned: bool) -> float:
+        return n_params * bytes_ / (n if partitioned else 1) / GIB
+
+    gpu: dict[str, float] = {}
+    notes: list[str] = []
+    if stage == 3:
+        gpu["gathered layer (fp32)"] = 4 * largest_layer_params / GIB
+        if not largest_layer_params:
+            notes.append("stage 3: pass largest_layer_params to count the layer a GPU gathers while computing")
+    gpu["weights (16-bit)"] = 0.0 if offload_params else split(b["weights16"], stage == 3)
+    if offload_optimizer:  # gradients stream to the CPU, where the optimizer steps
+        gpu["gradients"] = gpu["optimizer state (fp32)"] = 0.0
+        notes.append("optimizer state and its step on the CPU: each step copies gradients out and weights back")
+    else:
+        grads = {0: b["grads16"], 1: b["grads16"], 2: b["grads16"], 3: 0}[stage]  # stage 3 reduces into fp32
+        gpu["gradients"] = split(grads, stage >= 2) + split(b["grads32"], stage >= 1)
+        gpu["optimizer state (fp32)"] = split(b["master32"] + b["moments32"], stage >= 1)
+    if stage == 3:
+        if offload_optimizer and offload_params:
+            cpu = n_params * 18 / nodes * buffer_factor
+        elif offload_optimizer:
+            cpu = n_params * 16 / nodes * buffer_factor
+        else:
+            cpu = largest_layer_params * 4 * per_node * buffer_factor
+    elif offload_optimizer:
+        cpu = n_params * max(4 * n, 16) * buffer_factor
+    else:
+        cpu = n_params * 4 * per_node * buffer_factor
+    return ZeroEstimate(stage, n, gpu, cpu / GIB, tuple(notes))
+
+
+def zero_stage_for_card(n_params: float, world_size: int, card_gb: float = REFERENCE_CARD_GB,
+                        activations_gb: float = 0.0, margin_gb: float = 1.0,
+                        largest_layer_params: float = 0.0) -> tuple[int, bool] | None:
+    """The lightest ZeRO plan that fits: (stage, offload_optimizer), trying stages 0-3 on the GPUs, then
+    ZeRO-Offload; None if even stage 3 with the optimizer on the CPU does not fit."""
+    for offload in (False, True):
+        for stage in (0, 1, 2, 3):
+            if offload and stage == 0:
+                continue
+            est = estimate_zero_model_states(n_params, world_size, stage, offload_optimizer=offload,
+                                             largest_layer_params=largest_layer_params)
+            if est.gpu_gb + activations_gb + CUDA_CONTEXT_GB + margin_gb <= card_gb:
+                return stage, offload
+    return None

@@ -98,6 +98,49 @@ def _prepare(path: Path, params: dict, kernel: str):
     return nb
 
 
+def _stop_leftover_processes(tag: str, grace_s: float = 3.0) -> list[int]:
+    """End the processes a lesson started that outlived its kernel (e.g. the workers of a multi-process launch in
+    their own session, still blocked in a collective after a rank died). They are found by the run tag the runner put
+    in the kernel's environment, which children inherit; nothing else is touched. Linux only (/proc); [] elsewhere."""
+    import signal
+
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    needle = f"COURSE_RUN_TAG={tag}".encode()
+    found = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone already, or not ours to read
+            continue
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = []
+        for pid in found:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace_s
+        while alive and sig == signal.SIGTERM and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+        if not alive:
+            break
+    return found
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None, kernel: str | None = None,
                timeout: int | None = None, progress: bool = True) -> LessonResult:
     """Run one lesson with papermill; never raises for a lesson that fails, dies or hangs: the result says so.
@@ -120,6 +163,8 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     env_before = dict(os.environ)
     os.environ["COURSE_METRICS_FILE"] = str(metrics_file)
     os.environ["SMOKE"] = "1" if mode == "smoke" else "0"  # the parameters cell reads SMOKE from the environment
+    tag = f"{path.stem}-{os.getpid()}-{time.time_ns()}"
+    os.environ["COURSE_RUN_TAG"] = tag  # inherited by every process the lesson starts: see _stop_leftover_processes
     start = time.perf_counter()
     status, error = "passed", ""
     try:
@@ -134,10 +179,14 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     except Exception as err:  # kernel died, cell timed out, bad notebook: keep going with the next lesson
         status, error = "failed", f"{type(err).__name__}: {err}".strip()
         if "Timeout" in type(err).__name__ or "timed out" in str(err):
-            error = f"a cell ran longer than the {timeout} s limit (--timeout to change it): {error}"
+            error = f"{path.stem}: a cell ran longer than the {timeout} s limit (--timeout to change it): {error}"
     finally:
         os.environ.clear()
         os.environ.update(env_before)
+        leftover = _stop_leftover_processes(tag)
+    if leftover and status != "passed":
+        error += (f" (stopped {len(leftover)} process(es) the lesson had started that were still running, e.g. the "
+                  f"workers of a multi-process launch: pid {', '.join(map(str, leftover))})")
     seconds = time.perf_counter() - start
     metrics: dict = {}
     if metrics_file.exists():
@@ -169,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         help="set a knob of the lessons' parameters cell (checked: it must exist, with the right type)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "runs", help="where runs/<timestamp>/ goes")
+    parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS,
+                        help="folder of the lessons (default notebooks/; e.g. notebooks-fr/ for the French build)")
     parser.add_argument("--kernel", help="Jupyter kernel (default: the notebook's, else python3)")
     parser.add_argument("--timeout", type=int, default=None,
                         help=f"seconds a cell may run (default {CELL_TIMEOUT_S['full']} full, "
@@ -181,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None and args.timeout < 0:
         parser.error("--timeout must be 0 (no limit) or a number of seconds")
 
-    lessons = discover(args.lessons)
+    lessons = discover(args.lessons, args.notebooks)
     # check every lesson's targets and every -p before running anything: a typo should not cost an hour's run
     try:
         params = {name: value for name, value in args.parameter}

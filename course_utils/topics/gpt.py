@@ -13,27 +13,14 @@ module loads it from there, so the lesson and the recipe cannot drift apart. The
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
 
 from course_utils.core.errors import BadParameter
-from course_utils.core.paths import REPO_ROOT
+from course_utils.core.paths import REPO_ROOT, load_recipe
 
 RECIPE = REPO_ROOT / "recipes" / "train_gpt.py"
-_MODULE = "course_utils.topics._train_gpt_recipe"  # registered, so dataclasses, pickling and inspect find it
 
 
-def _recipe() -> ModuleType:
-    if _MODULE not in sys.modules:
-        spec = importlib.util.spec_from_file_location(_MODULE, RECIPE)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[_MODULE] = module
-        spec.loader.exec_module(module)
-    return sys.modules[_MODULE]
-
-
-_model = _recipe()
+_model = load_recipe("train_gpt")
 rope_tables = _model.rope_tables
 apply_rope = _model.apply_rope
 alibi_slopes = _model.alibi_slopes
