@@ -349,3 +349,30 @@ def test_a_multi_process_cell_whose_workers_hang_is_stopped_with_its_workers(les
     pid = int(pid_file.read_text())
     time.sleep(0.2)
     assert not Path(f"/proc/{pid}").exists() or run._is_zombie(pid), "the hanging worker is still running"
+
+
+@pytest.mark.skipif(os.name != "posix", reason="IPC sockets are POSIX-only; Windows keeps TCP")
+def test_kernels_started_together_get_private_socket_folders_of_their_own():
+    """Two lessons started at the same moment (``pytest -n 2``) must not pick the same IPC socket names: jupyter_client's
+    default puts ``kernel-ipc-N`` in the notebook's folder, and a kernel bound to another's sockets never answers."""
+    import asyncio
+
+    async def start_two():
+        managers = [run._kernel_manager_class()(kernel_name="python3") for _ in range(2)]
+        await asyncio.gather(*(km.start_kernel() for km in managers))
+        try:
+            folders = [Path(km.ip).parent for km in managers]
+            modes = [f.stat().st_mode & 0o777 for f in folders]
+            for km in managers:
+                client = km.client()
+                client.start_channels()
+                await client.wait_for_ready(timeout=60)
+                client.stop_channels()
+        finally:
+            await asyncio.gather(*(km.shutdown_kernel(now=True) for km in managers))
+        return folders, modes
+
+    folders, modes = asyncio.run(start_two())
+    assert folders[0] != folders[1], "two kernels share one socket folder"
+    assert modes == [0o700, 0o700], f"socket folders must be private to the user, got {[oct(m) for m in modes]}"
+    assert not any(f.exists() for f in folders), "a kernel's socket folder should be removed when it shuts down"

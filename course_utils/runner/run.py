@@ -68,9 +68,15 @@ def _kernel_for(path: Path, override: str | None) -> str:
 def _kernel_manager_class():
     """A kernel manager that talks to the kernel over local IPC sockets instead of TCP on localhost.
 
-    Over TCP, ipykernel warns (rightly) that the traffic is unencrypted and open to other local users; IPC sockets
-    live in the user's private runtime folder. Windows has no IPC transport: keep the default there.
+    Over TCP, ipykernel warns (rightly) that the traffic is unencrypted and open to other local users. Each kernel's
+    IPC sockets live in a folder of their own that only the user can open (``mkdtemp``, mode 0700): jupyter_client's
+    default would name them ``kernel-ipc-1``... in the notebook's folder, where two lessons started at the same time
+    (``pytest -n 2``, parallel course runs) pick the same names and one kernel never answers. Windows has no IPC
+    transport: keep the default there.
     """
+    import shutil
+    import tempfile
+
     from jupyter_client.manager import AsyncKernelManager as KernelManager  # what nbclient uses by default
     from traitlets import default
 
@@ -81,6 +87,18 @@ def _kernel_manager_class():
         @default("transport")
         def _transport_default(self) -> str:
             return "ipc"
+
+        @default("ip")
+        def _ip_default(self) -> str:
+            return os.path.join(tempfile.mkdtemp(prefix="course-kernel-"), "ipc")
+
+        def write_connection_file(self, **kwargs) -> None:
+            os.makedirs(os.path.dirname(self.ip), mode=0o700, exist_ok=True)  # again after a restart's clean-up
+            super().write_connection_file(**kwargs)
+
+        def cleanup_ipc_files(self) -> None:
+            super().cleanup_ipc_files()
+            shutil.rmtree(os.path.dirname(self.ip), ignore_errors=True)
 
     return IPCKernelManager
 
