@@ -43,6 +43,19 @@ def test_wordpiece_splits_unseen_words_into_known_pieces():
     assert tokenizer.decode(ids, skip_special_tokens=True) == "the screenplay was utterly gripping."
 
 
+def test_wordpiece_vocabulary_is_the_same_in_every_process():
+    """The tiny model's tokenizer must not depend on the process that built it, or each smoke run scores another model."""
+    import subprocess
+    import sys
+
+    code = ("import hashlib, json; from course_utils.smoke.nlp import train_wordpiece_tokenizer, read_sentiment_split; "
+            "v = train_wordpiece_tokenizer([r['text'] for r in read_sentiment_split('train')]).get_vocab(); "
+            "print(hashlib.sha256(json.dumps(sorted(v.items())).encode()).hexdigest())")
+    digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+               for _ in range(2)}
+    assert len(digests) == 1, "two processes built different WordPiece vocabularies from the same text"
+
+
 def test_smoke_loaders_use_the_full_mode_calls(tiny_cache):
     from course_utils.topics.nlp import LABELS, load_encoder_classifier, load_sentiment_data
 

@@ -1,7 +1,7 @@
 """The smoke-mode stand-ins for lesson 14: a tiny DistilBERT with a WordPiece tokenizer, and the shipped sentiment set.
 
 The tiny model is the real class (``DistilBertForMaskedLM``, what the hub's ``distilbert-base-uncased`` checkpoint
-holds) with random weights, and an uncased WordPiece tokenizer trained offline on the shipped training sentences,
+holds) with random weights, and an uncased WordPiece tokenizer built offline from the shipped training sentences,
 both saved like a hub snapshot, so ``AutoModelForSequenceClassification.from_pretrained(folder)`` loads it exactly as
 it loads the hub id (and adds a fresh classification head, as it does for the real checkpoint)::
 
@@ -32,7 +32,7 @@ SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 TINY_BERT_CONFIG = dict(dim=64, hidden_dim=128, n_layers=2, n_heads=2, max_position_embeddings=128, dropout=0.1,
                         attention_dropout=0.1)
 TINY_VOCAB_SIZE = 600
-_TINY_SPEC_VERSION = "1"  # bump when the builder changes, so cached tiny models are rebuilt
+_TINY_SPEC_VERSION = "2"  # bump when the builder changes, so cached tiny models are rebuilt
 
 
 def sentiment_dir() -> Path:
@@ -50,19 +50,30 @@ def read_sentiment_split(split: str, folder: str | os.PathLike[str] | None = Non
 
 
 def train_wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = TINY_VOCAB_SIZE) -> Any:
-    """An uncased WordPiece tokenizer like BERT's (lower-casing, accent stripping, ``##`` continuation pieces), trained
-    on ``texts`` in well under a second. Returns a ``DistilBertTokenizerFast``; unseen words split into known pieces
-    (every letter of the training text is in the vocabulary), so a held-out word never becomes ``[UNK]`` wholesale."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """An uncased WordPiece tokenizer like BERT's (lower-casing, accent stripping, ``##`` continuation pieces) for
+    ``texts``: the vocabulary is the special tokens, every character alone and as a ``##`` piece, then the most
+    frequent whole words (ties in alphabetical order) up to ``vocab_size``. Unseen words split into known pieces, so a
+    held-out word never becomes ``[UNK]`` wholesale. Returns a ``DistilBertTokenizerFast``.
+
+    The vocabulary is chosen here rather than by ``tokenizers``' ``WordPieceTrainer``, whose tie-breaking changes from
+    one process to the next (a different vocabulary, so a different tiny model and a different smoke score, each run)."""
+    from collections import Counter
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import DistilBertTokenizerFast
 
-    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
-    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    normalizer = normalizers.BertNormalizer(lowercase=True, strip_accents=True, clean_text=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    counts = Counter(word for text in texts
+                     for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    chars = sorted(set("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-") | {c for word in counts for c in word})
+    vocab = [*SPECIAL_TOKENS, *chars, *(f"##{c}" for c in chars)]
+    words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))
+    vocab += words[:max(0, vocab_size - len(vocab))]
+    wordpiece = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token="[UNK]"))
+    wordpiece.normalizer = normalizer
+    wordpiece.pre_tokenizer = pre_tokenizer
     wordpiece.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                        initial_alphabet=list("abcdefghijklmnopqrstuvwxyz0123456789.,!?'-"))
-    wordpiece.train_from_iterator(list(texts), trainer)
     cls, sep = wordpiece.token_to_id("[CLS]"), wordpiece.token_to_id("[SEP]")
     wordpiece.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
                                                              special_tokens=[("[CLS]", cls), ("[SEP]", sep)])
