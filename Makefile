@@ -9,7 +9,7 @@
 #   make rapids   optional: RAPIDS (cudf.pandas, cuml.accel) in .venv-rapids for lesson 17 (NVIDIA GPU, ~5 GB)
 #   make demo    the course's web demo (lesson 12) on http://127.0.0.1:7860, login printed at start (SMOKE=1: tiny models)
 #   make llamacpp  optional: compile llama-cpp-python into .venv for lesson 12's GGUF comparison (~45 min on 2 busy cores)
-#   make engines  lesson 13: one script under DDP, FSDP, ZeRO-2, ZeRO-3 on 2 processes (CPUs: gloo; ~4 min, a C++ compiler for DeepSpeed)
+#   make engines  lesson 13: DDP, FSDP, ZeRO-2, ZeRO-3 on 2 processes (CPUs: gloo, ~1 min); fails if a loss curve strays
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv

@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "eval_loss_before": evals[0]["eval_loss"] if evals else None,
         "eval_loss_after": evals[-1]["eval_loss"] if evals else None,
         "wer_before": wer_before, "wer_after": wer_after,
+        "wer_gain_over_base": wer_before - wer_after,  # the margin over the model before fine-tuning, same clips
         "eval_curve": [{"step": h["step"], "loss": h["eval_loss"], "wer": h.get("eval_wer")} for h in evals],
         "train_seconds": train_seconds, "total_seconds": time.perf_counter() - start, "peak_vram_gb": peak_vram_gb,
         "device": "cuda" if cuda else "cpu", "optim": optim, "bf16": bf16,

@@ -6,10 +6,17 @@ A standalone script (pip packages only: torch, transformers, peft, bitsandbytes,
     python recipes/serve_demo.py --model ./my-merged-model --port 7860
     python recipes/serve_demo.py --model ./tiny --selftest --output-dir out   # start, check, write out/metrics.json
 
-* binds 127.0.0.1 (this machine only: use an SSH tunnel to share it, not 0.0.0.0);
-* the password is printed at start, or read from SERVE_DEMO_PASSWORD; never a command-line flag (`ps` shows those);
-* the UI at / and Gradio's API need the login; ``POST /api/chat`` streams one JSON line per piece of the reply and
-  wants ``Authorization: Bearer <password>``;
+* binds 127.0.0.1 (this machine only: use an SSH tunnel to share it); another --host is refused over plain HTTP
+  unless --allow-remote says you mean it;
+* the password is made up and printed at start, or read from SERVE_DEMO_PASSWORD (12 characters or more; then it is
+  never printed); never a command-line flag (`ps` shows those);
+* every route needs the login (a gate in front of the whole app lets only the login page and its static files
+  through): the UI at / and Gradio's API take the login form's cookie; ``POST /api/chat`` streams one JSON line per
+  piece of the reply and wants ``Authorization: Bearer <password>``; 10 failed logins from one address within 60 s
+  get 429 until the minute has passed; Gradio's run history (which acts with the Hugging Face token saved on the
+  machine) and both apps' OpenAPI pages are off;
+* bounded input: uploads and request bodies up to 10 MB, a message up to 2,000 characters, the last 20 turns of a
+  chat (8,000 characters at most), roles user and assistant only (the system prompt is --system, the server's);
 * one lock: requests are answered one at a time, so concurrent users never add their activations up on the card;
 * no outside calls: Gradio's analytics off, no share link, system fonts, FastAPI's CDN docs page off.
 """
@@ -22,20 +29,30 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import argparse  # noqa: E402
+import ipaddress  # noqa: E402
 import json  # noqa: E402
 import queue  # noqa: E402
+import re  # noqa: E402
 import secrets  # noqa: E402
 import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
+from collections import deque  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
 MAX_PROMPT_CHARS = 2000
+MAX_UPLOAD_MB = 10                      # the course app's limit (course_utils.demo)
+MAX_HISTORY_TURNS = 20
+MAX_HISTORY_CHARS = 4 * MAX_PROMPT_CHARS
+MIN_PASSWORD_CHARS = 12
+MAX_FAILED_LOGINS, FAILED_LOGIN_WINDOW_S = 10, 60.0
+# what answers before the login: the login page, its form, the frontend's own files; everything else needs the login
+OPEN_BEFORE_LOGIN = re.compile(r"(GET|HEAD) /|POST /login/?|GET /theme\.css|GET /(assets|static)/.+")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -46,7 +63,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--load-in-4bit", choices=["auto", "yes", "no"], default="auto",
                         help="NF4 weights with bitsandbytes (auto: on a GPU)")
     parser.add_argument("--max-new-tokens", type=int, default=256, help="longest reply")
+    parser.add_argument("--system", default=None, help="a system prompt put before every conversation (clients "
+                        "cannot send one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="serve on a --host other machines can reach, over plain HTTP (prefer an SSH tunnel)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--selftest", action="store_true",
                         help="start on a free port, check the login and one streamed reply, write metrics.json, exit")
@@ -127,27 +148,138 @@ def check_message(message) -> str:
     return message
 
 
-def build_app(chat: Chat, password: str, user: str = "learner"):
+def bounded_history(history):
+    """User and assistant turns only (no client-sent system prompt), the last MAX_HISTORY_TURNS, then the oldest
+    dropped past MAX_HISTORY_CHARS characters."""
+    turns = [{"role": t["role"], "content": t["content"]} for t in (history if isinstance(history, list) else [])
+             if isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)]
+    turns = turns[-MAX_HISTORY_TURNS:]
+    total = sum(len(t["content"]) for t in turns)
+    while turns and total > MAX_HISTORY_CHARS:
+        total -= len(turns.pop(0)["content"])
+    return turns
+
+
+def check_password(password: str) -> str:
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise ValueError(f"The password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS} (or unset "
+                         "SERVE_DEMO_PASSWORD and one is made up).")
+    return password
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name may resolve to any interface
+        return False
+
+
+class FailedLogins:
+    """Failed logins per client address within a sliding window; wait_s() says how long a client must wait."""
+
+    def __init__(self, limit=MAX_FAILED_LOGINS, window_s=FAILED_LOGIN_WINDOW_S):
+        self.limit, self.window_s, self.times = limit, window_s, {}
+
+    def _recent(self, client):
+        times = self.times.setdefault(client, deque())
+        while times and time.monotonic() - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def fail(self, client):
+        if len(self.times) > 10_000:
+            self.times = {c: t for c, t in self.times.items() if self._recent(c)}
+        self._recent(client).append(time.monotonic())
+
+    def wait_s(self, client):
+        times = self._recent(client)
+        return self.window_s - (time.monotonic() - times[0]) if len(times) >= self.limit else 0.0
+
+
+class LoginGate:
+    """ASGI middleware in front of the whole app: Gradio's session cookie, the Bearer password, or a path in
+    OPEN_BEFORE_LOGIN; else 401. Too many failed logins (login form or Bearer): 429."""
+
+    def __init__(self, app, password, gradio_app, failures=None):
+        self.app, self.password, self.gradio_app = app, password, gradio_app
+        self.failures = failures or FailedLogins()
+
+    async def __call__(self, scope, receive, send):
+        from starlette.requests import HTTPConnection
+
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        conn = HTTPConnection(scope)
+        client = conn.client.host if conn.client else "unknown"
+        request = f"{scope.get('method', 'WEBSOCKET')} {scope['path']}"
+        bearer = conn.headers.get("authorization")
+        logging_in = re.fullmatch(r"POST /login/?", request) is not None
+        if (bearer is not None or logging_in) and self.failures.wait_s(client) > 0:
+            wait = self.failures.wait_s(client)
+            return await self.refuse(scope, receive, send, 429, f"Too many failed logins from {client}: try again in "
+                                     f"{wait:.0f} s.", {"Retry-After": str(int(wait) + 1)})
+        if bearer is not None:
+            if secrets.compare_digest(bearer.encode(), f"Bearer {self.password}".encode()):
+                return await self.app(scope, receive, send)
+            self.failures.fail(client)
+            return await self.refuse(scope, receive, send, 401, "Wrong password: send 'Authorization: Bearer "
+                                     "<password>'.")
+        cookies = (f"access-token-unsecure-{self.gradio_app.cookie_id}", f"access-token-{self.gradio_app.cookie_id}")
+        if any(conn.cookies.get(name) in self.gradio_app.tokens for name in cookies):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http" and OPEN_BEFORE_LOGIN.fullmatch(request):
+            if not logging_in:
+                return await self.app(scope, receive, send)
+
+            async def count_failures(message):  # Gradio answers a wrong password with 400
+                if message["type"] == "http.response.start" and message["status"] in (400, 401):
+                    self.failures.fail(client)
+                await send(message)
+
+            return await self.app(scope, receive, count_failures)
+        return await self.refuse(scope, receive, send, 401, "Log in first (the page at /), or send 'Authorization: "
+                                 "Bearer <password>'.")
+
+    @staticmethod
+    async def refuse(scope, receive, send, status, message, headers=None):
+        from starlette.responses import JSONResponse
+        from starlette.websockets import WebSocketClose
+
+        if scope["type"] == "websocket":
+            return await WebSocketClose(code=1008, reason=message[:120])(scope, receive, send)
+        return await JSONResponse({"detail": message}, status_code=status, headers=headers)(scope, receive, send)
+
+
+def build_app(chat: Chat, password: str, user: str = "learner", system: str | None = None):
     import gradio as gr
+
+    check_password(password)
+    system_turn = [{"role": "system", "content": system}] if system else []
 
     def require_token(request: Request) -> None:
         if not secrets.compare_digest(request.headers.get("authorization", "").encode(), f"Bearer {password}".encode()):
             raise HTTPException(status_code=401, detail="send 'Authorization: Bearer <password>'")
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    no_docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    app = FastAPI(max_body_size=(MAX_UPLOAD_MB + 2) * 2**20, **no_docs)
 
     @app.post("/api/chat", dependencies=[Depends(require_token)])
     async def api_chat(request: Request):
         try:
             body = await request.json()
-            message = check_message(body.get("message") if isinstance(body, dict) else None)
+            if not isinstance(body, dict):
+                raise ValueError("The body must be a JSON object: {\"message\": \"...\", \"history\": [...]}.")
+            message = check_message(body.get("message"))
         except (ValueError, UnicodeDecodeError) as err:
             return JSONResponse({"error": str(err) if str(err) else "the body must be JSON"}, status_code=400)
+        messages = system_turn + bounded_history(body.get("history")) + [{"role": "user", "content": message}]
 
         def lines():
             pieces = []
             try:
-                for piece in chat.stream([{"role": "user", "content": message}]):
+                for piece in chat.stream(messages):
                     pieces.append(piece)
                     yield (json.dumps({"delta": piece}) + "\n").encode()
                 yield (json.dumps({"answer": "".join(pieces)}) + "\n").encode()
@@ -161,18 +293,19 @@ def build_app(chat: Chat, password: str, user: str = "learner"):
             message = check_message(message)
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        turns = [{"role": t["role"], "content": t["content"]} for t in history
-                 if isinstance(t, dict) and isinstance(t.get("content"), str)]
         reply = ""
-        for piece in chat.stream(turns + [{"role": "user", "content": message}]):
+        for piece in chat.stream(system_turn + bounded_history(history) + [{"role": "user", "content": message}]):
             reply += piece
             yield reply
 
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
     with gr.Blocks(title="Chat", analytics_enabled=False) as blocks:
         gr.ChatInterface(respond, api_name="chat")
-    return gr.mount_gradio_app(app, blocks, path="/", auth=(user, password), ssr_mode=False, theme=theme,
-                               footer_links=["api"], mcp_server=False)
+    gr.mount_gradio_app(app, blocks, path="/", auth=(user, password), ssr_mode=False, theme=theme,
+                        footer_links=["api"], mcp_server=False, run_history=False, enable_monitoring=False, pwa=False,
+                        max_file_size=f"{MAX_UPLOAD_MB + 1}mb", app_kwargs=dict(no_docs))
+    app.add_middleware(LoginGate, password=password, gradio_app=app.routes[-1].app)  # the Mount just added
+    return app
 
 
 def selftest(app, password: str, output_dir: Path) -> dict:
@@ -218,18 +351,27 @@ def selftest(app, password: str, output_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if not is_loopback(args.host) and not args.allow_remote:
+        sys.exit(f"Refusing to serve on {args.host} over plain HTTP, where the password and every message would cross "
+                 "the network unencrypted: share it with an SSH tunnel (ssh -L 7860:127.0.0.1:7860 this-machine), or "
+                 "pass --allow-remote if you mean it.")
+    try:
+        password = check_password(os.environ.get("SERVE_DEMO_PASSWORD") or secrets.token_urlsafe(18))
+    except ValueError as err:
+        sys.exit(str(err))
     model, tokenizer = load(args)
     chat = Chat(model, tokenizer, args.max_new_tokens)
-    password = os.environ.get("SERVE_DEMO_PASSWORD") or secrets.token_urlsafe(18)
-    app = build_app(chat, password)
+    app = build_app(chat, password, system=args.system)
     if args.selftest:
         print(json.dumps(selftest(app, password, Path(args.output_dir))))
         return 0
     import uvicorn
 
     print(f"Chat with {args.model}{' + ' + args.adapter if args.adapter else ''} on http://{args.host}:{args.port}/")
-    print(f"  log in as: learner   password: {password}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    shown = "the one in SERVE_DEMO_PASSWORD" if os.environ.get("SERVE_DEMO_PASSWORD") else password  # never echo it
+    print(f"  log in as: learner   password: {shown}", flush=True)
+    # proxy_headers=False: the failed-login limit counts the connection's address, not a header anyone can send
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", proxy_headers=False)
     return 0
 
 

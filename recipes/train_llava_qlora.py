@@ -5,7 +5,9 @@ The data: JSONL files, one example a line, ``{"image": "pics/0001.png", "questio
 paths are relative to the JSONL file's folder. The language model is loaded in 4-bit NF4 (``--load_in_4bit``) while
 the vision tower, the projector and the LM head stay in 16-bit; LoRA goes on the language model's attention and MLP
 projections only. Exact match (VQA-style: lower case, no punctuation or articles, numbers as digits) is measured on
-``--eval_dataset`` before and after training, on the same examples. Needs only pip packages: torch, transformers,
+``--eval_dataset`` before and after training, on the same examples, and against an image-blind baseline: the most
+frequent training answer for each question type (a line's optional ``"question_type"``, else the question itself),
+which a model scores by learning the answers' frequencies without reading the image. Needs only pip packages: torch, transformers,
 peft, bitsandbytes (for 4-bit), pillow.
 
     python train_llava_qlora.py --model_name llava-hf/llava-1.5-7b-hf \\
@@ -43,6 +45,7 @@ class Example:
     image: Any  # PIL.Image
     question: str
     answer: str
+    question_type: str = ""  # the line's "question_type", else the question: what the blind baseline groups by
 
 
 def read_jsonl(path):
@@ -58,7 +61,8 @@ def read_jsonl(path):
         missing = {"image", "question", "answer"} - set(row)
         if missing:
             raise SystemExit(f"{path}:{line_no}: missing {sorted(missing)}; each line needs image, question and answer")
-        examples.append(Example(Image.open(path.parent / row["image"]).convert("RGB"), row["question"], str(row["answer"])))
+        examples.append(Example(Image.open(path.parent / row["image"]).convert("RGB"), row["question"], str(row["answer"]),
+                                str(row.get("question_type", row["question"]))))
     if not examples:
         raise SystemExit(f"{path} holds no examples")
     return examples
@@ -101,6 +105,16 @@ def normalize_answer(text):
     """Lower-case, drop punctuation and articles, and spell numbers as digits: "Two." -> "2", "The red" -> "red"."""
     words = re.sub(r"[^a-z0-9 ]", " ", text.lower()).split()
     return " ".join(_NUMBER_WORDS.get(w, w) for w in words if w not in ("a", "an", "the"))
+
+
+def blind_answers(train_set, eval_set):
+    """The image-blind baseline: the most frequent training answer for each question type (ties: the first seen)."""
+    from collections import Counter
+
+    counts = {}
+    for ex in train_set:
+        counts.setdefault(ex.question_type, Counter())[ex.answer] += 1
+    return [counts[ex.question_type].most_common(1)[0][0] if ex.question_type in counts else "" for ex in eval_set]
 
 
 def exact_match(predictions, answers):
@@ -205,6 +219,8 @@ def main(argv=None):
     predictions_before = answer_all(model, processor, eval_set, max_new_tokens=args.max_new_tokens)
     exact_match_before = exact_match(predictions_before, answers)
     print(f"held-out exact match before training: {exact_match_before:.3f}")
+    blind_exact_match = exact_match(blind_answers(train_set, eval_set), answers)
+    print(f"held-out exact match of the image-blind baseline: {blind_exact_match:.3f}")
 
     model = get_peft_model(model, lora_config(args.lora_r, args.lora_alpha, args.lora_dropout))
     model.print_trainable_parameters()
@@ -246,7 +262,8 @@ def main(argv=None):
         "steps": trainer.state.global_step, "train_loss_first": train_losses[0], "train_loss_last": train_losses[-1],
         "eval_loss_before": eval_loss_before, "eval_loss_after": eval_losses[-1],
         "exact_match_before": exact_match_before, "exact_match_after": exact_match_after,
-        "exact_match_gain": exact_match_after - exact_match_before, "seconds": round(seconds, 2),
+        "exact_match_gain": exact_match_after - exact_match_before, "blind_exact_match": blind_exact_match,
+        "exact_match_gain_over_blind": exact_match_after - blind_exact_match, "seconds": round(seconds, 2),
         "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if on_gpu else None,
         "adapter_files": files, "predictions_after": predictions_after[:20],
     }

@@ -14,9 +14,12 @@ rounding: that is the check that the engine does what it claims.
     accelerate launch --config_file configs/accelerate/fsdp.yaml --num_processes 2 --mixed_precision no \\
         train_multi.py --text_file input.txt          # no GPU: two CPU processes over gloo, the same script
 
-On CPUs, accelerate 1.15 turns FSDP on only for GPU backends, so the script then shards with PyTorch's
-``fully_shard`` itself (what ``fsdp_version: 2`` does on GPUs); DeepSpeed on CPUs first compiles its shared-memory
-communication op (a C++ compiler, about a minute, once). On GPUs nothing is compiled for these configs.
+On CPUs, accelerate 1.15 attaches an FSDP config only to GPU-type processes (``AcceleratorState`` keeps CPU processes
+as ``MULTI_CPU``, which ``prepare`` would wrap in plain DDP): the script then switches FSDP on itself, with the plugin
+``accelerate launch`` built from the config file, so accelerate's own FSDP2 preparation shards the model over gloo
+exactly as it does on GPUs. DeepSpeed on CPUs would JIT-compile a shared-memory all-reduce op when its communication
+backend starts (a C++ compiler, about a minute); only inference's all-reduce uses it, training's collectives go through
+torch.distributed (gloo), so the script marks that op unavailable and nothing is compiled. On GPUs neither applies.
 
 The model is lesson 04's, imported from ``train_gpt.py`` in the same folder: copy both files together (needs PyTorch
 and accelerate; deepspeed only for the ZeRO configs). Writes ``<output_dir>/metrics.json`` (atomically) with the loss
@@ -101,10 +104,14 @@ def main(argv=None) -> dict:
     # no GPU: processes on CPUs talk over gloo (accelerate's MULTI_CPU), whatever the config file's GPU settings;
     # DeepSpeed brings its own CPU accelerator (gloo too), and accelerate's cpu=True would switch DeepSpeed off
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true"
+    if use_deepspeed and not torch.cuda.is_available():
+        import deepspeed.ops  # the ops DeepSpeed may build: its comm backend skips the shm op when it is not listed
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed)
     # ranks from torch.distributed itself: accelerate 1.15 reports 1 process for DeepSpeed on CPUs
     dist = torch.distributed
     world = dist.get_world_size() if dist.is_initialized() else 1
+    backend = dist.get_backend() if dist.is_initialized() else "none"
     rank = dist.get_rank() if dist.is_initialized() else 0
     is_main = rank == 0
 
@@ -118,10 +125,18 @@ def main(argv=None) -> dict:
         raise SystemExit(f"--global_batch {args.global_batch} does not split over {world} processes: "
                          f"use a multiple of {world}")
     per_rank = args.global_batch // world
+    fsdp_config = os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
+    if accelerator.distributed_type == DistributedType.MULTI_CPU and fsdp_config:
+        # accelerate 1.15 attaches an FSDP config only to GPU-type processes: on CPUs it would quietly run DDP.
+        # Switch FSDP on with the plugin accelerate launch built from the config (its FSDP_* variables); prepare()
+        # then runs accelerate's own FSDP2 path (wrap policy, resharding, the optimizer on the shards) over gloo.
+        from accelerate.utils import FullyShardedDataParallelPlugin
+        plugin = FullyShardedDataParallelPlugin()
+        if accelerator.mixed_precision != "no":  # what accelerate does for GPU processes
+            plugin.set_mixed_precision(accelerator.mixed_precision)
+        accelerator.state.fsdp_plugin = plugin
+        accelerator.state.distributed_type = DistributedType.FSDP
     engine = accelerator.distributed_type
-    # accelerate 1.15 enables FSDP only on GPU-type backends; on CPU processes an FSDP config would silently become
-    # DDP. Then this script shards the model itself with PyTorch's fully_shard: the FSDP2 call accelerate makes.
-    shard_myself = engine == DistributedType.MULTI_CPU and os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true"
     if engine == DistributedType.DEEPSPEED:  # no dataloader to infer "auto" batch sizes from: say them
         ds = accelerator.state.deepspeed_plugin.deepspeed_config
         ds["train_micro_batch_size_per_gpu"] = per_rank
@@ -153,19 +168,13 @@ def main(argv=None) -> dict:
     model = GPT(config)
     n_params = model.num_params()
     full_param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    if shard_myself:
-        from torch.distributed.fsdp import fully_shard
-        for block in model.blocks:  # one shard unit per transformer block, as fsdp.yaml's wrap policy says
-            fully_shard(block)
-        fully_shard(model)  # the rest (embedding tied to the head, final norm) in the root unit
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.95))
-    if shard_myself:
-        optimizer = accelerator.prepare(optimizer)  # the model is sharded already: no DDP wrapper around it
-    else:
-        model, optimizer = accelerator.prepare(model, optimizer)  # the engine wraps, shards or partitions here
+    model, optimizer = accelerator.prepare(model, optimizer)  # the engine wraps, shards or partitions here
+    from torch.distributed.fsdp import FSDPModule  # the classes FSDP2 made shard units of (fsdp.yaml: Block, + root)
+    shard_units = sorted({type(m).__name__.removeprefix("FSDP") for m in model.modules() if isinstance(m, FSDPModule)})
 
     def loss_on(split: str, seed: int) -> torch.Tensor:
         x, y = global_batch(split, seed)
@@ -182,8 +191,8 @@ def main(argv=None) -> dict:
     history: dict[str, list] = {"step": [], "loss": [], "val_step": [], "val_loss": []}
     held = {"param_bytes": 0, "grad_bytes": 0, "optimizer_bytes": 0}
     if is_main:
-        print(f"{'FSDP (fully_shard on CPU)' if shard_myself else engine.value} on {world} process(es), {per_rank} sequences each, global batch {args.global_batch}; "
-              f"{n_params / 1e6:.2f} M parameters", flush=True)
+        print(f"{engine.value} over {backend} on {world} process(es), {per_rank} sequences each, global batch "
+              f"{args.global_batch}; {n_params / 1e6:.2f} M parameters", flush=True)
     model.train()
     start = time.perf_counter()
     for step in range(args.max_steps):
@@ -222,7 +231,8 @@ def main(argv=None) -> dict:
     else:
         per_rank_bytes = [mine]
     metrics = {
-        "engine": "FSDP" if shard_myself else engine.value, "world_size": world, "global_batch": args.global_batch, "per_rank_batch": per_rank,
+        "engine": engine.value, "backend": backend, "shard_units": shard_units, "world_size": world,
+        "global_batch": args.global_batch, "per_rank_batch": per_rank,
         "n_params": n_params, "full_param_bytes": full_param_bytes, "seed": args.seed,
         "first_loss": history["loss"][0], "last_loss": history["loss"][-1], "val_loss": history["val_loss"][-1],
         "first_val_loss": history["val_loss"][0], "uniform_loss": math.log(len(chars)),

@@ -111,13 +111,15 @@ def cartpole_frame(state, width: int = 240, height: int = 120) -> np.ndarray:
 def save_gif(frames, path, fps: int = 25) -> Path:
     """Write frames (HxWx3 uint8) to an animated GIF, atomically (a temporary name, then a rename).
 
-    A 2-pixel red bar along the bottom grows with the episode: it shows how far in a frame is, and it keeps every
-    frame distinct (GIF writers merge identical consecutive frames, so a still moment would lose frames)."""
+    A 2-pixel red bar along the bottom grows with the episode: it shows how far in a frame is. GIF writers merge
+    identical consecutive frames, so a still moment would lose frames; the bar alone cannot keep them apart when there
+    are more frames than pixels of width, so the bottom-left pixel also alternates black and white from frame to frame."""
     import imageio.v3 as iio
 
     frames = [np.array(f, dtype=np.uint8, copy=True) for f in frames]
     for i, frame in enumerate(frames):
         frame[-2:, : max(1, round(frame.shape[1] * (i + 1) / len(frames)))] = (220, 30, 30)
+        frame[-1, 0] = 255 * (i % 2)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")

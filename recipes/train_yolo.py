@@ -25,7 +25,10 @@ Offline and reproducible settings (Ultralytics reads the environment at import):
   --device cpu         mixed precision is off on the CPU (amp=False); on a GPU amp is on, and Ultralytics' AMP check
                        downloads a small checkpoint once unless --no-amp
 Checkpoints: Ultralytics loads .pt files with torch.load(weights_only=False) (they pickle the model class, and
-unpickling can run code): load only checkpoints you made or verified; --sha256 checks --model before it is loaded.
+unpickling can run code), so --model is checked before it is loaded, as the course's loader does: yolov8n.pt (a bare
+name) is fetched by Ultralytics into its weights folder without loading it and must have the digest pinned below
+(PINNED); any other .pt must match --sha256 when you give it (without it, the file is loaded as it is: only your own
+checkpoints). The run writes weights/best.pt.sha256 beside best.pt (what lesson 12's demo checks before loading).
 Only pip packages: ultralytics (with torch), pyyaml, and onnx + onnxslim + onnxruntime for --export onnx.
 """
 
@@ -42,6 +45,8 @@ import tempfile
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+# the checkpoint names the script fetches by name, and their sha256 (the course's pin for the v8.4.0 release)
+PINNED = {"yolov8n.pt": "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36"}
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -50,7 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="data.yaml with train, val (and test, recommended) and names")
     p.add_argument("--model", default="yolov8n.pt",
                    help="yolov8n.pt: COCO-pretrained checkpoint to fine-tune; yolov8n.yaml: the architecture, random weights")
-    p.add_argument("--sha256", default=None, help="expected sha256 of the --model .pt file, checked before loading it")
+    p.add_argument("--sha256", default=None,
+                   help="expected sha256 of the --model .pt file, checked before it is loaded (default for yolov8n.pt: "
+                        "the pinned digest)")
     p.add_argument("--epochs", type=int, default=30, help="at most this many epochs (early stopping may end sooner)")
     p.add_argument("--imgsz", type=int, default=640, help="training and inference image size (a multiple of 32)")
     p.add_argument("--batch", type=int, default=16, help="images per forward/backward pass (~3 GiB at 640 px for n)")
@@ -83,12 +90,34 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def write_json_atomic(path, data):
+def checked_checkpoint(model, sha256=None):
+    """The path of --model once its sha256 is the expected one (--sha256, or PINNED for a bare pinned name), checked
+    before anything unpickles it; exits with one sentence otherwise."""
+    expected = (sha256 or (PINNED.get(model) if model == Path(model).name else None) or "").lower() or None
+    path = Path(model)
+    if model in PINNED and model == path.name:  # Ultralytics' own download, without loading it
+        from ultralytics.utils.downloads import attempt_download_asset
+
+        path = Path(attempt_download_asset(model))
+    if not path.is_file():
+        sys.exit(f"--model {model} is not a file: give the path of a .pt checkpoint, or yolov8n.pt to fetch it.")
+    if expected is not None:
+        got = file_sha256(path)
+        if got != expected:
+            sys.exit(f"{path} has sha256 {got}, not the expected {expected}: not loading it.")
+    return str(path)
+
+
+def write_text_atomic(path, text):
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as out:
-        json.dump(data, out, indent=2)
+        out.write(text)
     os.replace(tmp, path)
+
+
+def write_json_atomic(path, data):
+    write_text_atomic(path, json.dumps(data, indent=2))
 
 
 def install_font(font):
@@ -150,10 +179,8 @@ def main(argv=None):
     if args.offline:
         os.environ["YOLO_OFFLINE"] = "1"
         os.environ["YOLO_AUTOINSTALL"] = "0"
-    if args.sha256 and Path(args.model).suffix == ".pt":
-        got = file_sha256(args.model)
-        if got != args.sha256.lower():
-            sys.exit(f"{args.model} has sha256 {got}, not the expected {args.sha256}: not loading it.")
+    if Path(args.model).suffix == ".pt":
+        args.model = checked_checkpoint(args.model, args.sha256)
 
     import yaml
     from ultralytics import YOLO
@@ -215,6 +242,8 @@ def main(argv=None):
 
     # 4. best.pt on the held-out split
     best_path = save_dir / "weights" / "best.pt"
+    best_sha256 = file_sha256(best_path)
+    write_text_atomic(best_path.with_name("best.pt.sha256"), f"{best_sha256}  best.pt\n")
     best = YOLO(best_path)
     after = score(best.model, eval_split)
     metrics = {
@@ -222,7 +251,7 @@ def main(argv=None):
         "eval_images": len(kept.get(eval_split, [])), "cross_split_duplicates": crossing,
         "train_loss_first": losses[0], "train_loss_last": losses[-1], "train_loss_per_epoch": losses,
         "before": before, "after": after, "map50_95_gain": after["map50_95"] - before["map50_95"],
-        "best": str(best_path), "names": {int(k): v for k, v in names.items()},
+        "best": str(best_path), "best_sha256": best_sha256, "names": {int(k): v for k, v in names.items()},
     }
 
     # 5. export and check the export

@@ -93,6 +93,17 @@ def test_track_peak_memory_measures_its_own_block():
     assert after.rss_delta_gb < 0.1 and cu.gpu.peak_rss_gb() >= peak.rss_gb - 0.01  # the lifetime peak is kept
 
 
+def test_without_a_gpu_peak_vram_is_not_measured_rather_than_zero(monkeypatch):
+    """A VRAM figure of 0.0 on a CPU would pass any "<= N GiB" target: without CUDA the GPU fields stay None."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with cu.track_peak_memory() as peak:
+        pass
+    assert peak.allocated_gb is None and peak.reserved_gb is None
+    assert peak.allocated_entry_gb is None and peak.allocated_delta_gb is None and peak.reserved_delta_gb is None
+    assert peak.rss_gb > 0 and "VRAM" not in str(peak)
+    assert cu.PeakMemory().reserved_gb is None
+
+
 class FakeCuda:
     """torch.cuda's memory counters, simulated: 5 GiB of weights, 3 GiB more cached by an earlier inference pass
     (reserved, not allocated), and an earlier peak of 7.5 GiB."""

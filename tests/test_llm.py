@@ -187,6 +187,18 @@ def test_run_notes_data_set_is_the_generators_output_and_well_formed():
     for row in train + dev:
         answer = json.loads(row["messages"][2]["content"])
         assert list(answer) == list(generator.KEYS) and answer["method"] in ("qlora", "lora", "full")
+    # dev is worded with held-out phrasings (issue 20): no variant of any phrasing is shared by the two splits...
+    tables = [generator.MODEL_CLAUSES, generator.BATCH_CLAUSES, generator.GPU_CLAUSES, generator.ACCUM_CLAUSES,
+              generator.VRAM_CLAUSES, generator.LEADS, generator.DISTRACTORS, *generator.METHOD_WORDS.values(),
+              *generator.SEQ_WORDS.values()]
+    for table in tables:
+        assert table["dev"] and not (set(table["train"]) & set(table["dev"])), f"a phrasing is shared by train and dev: {table}"
+    # ... and the notes show it: "<method> on <model>" and "2k context" are dev's wording alone
+    for split, rows in (("train", train), ("dev", dev)):
+        for row in rows:
+            note, answer = row["messages"][1]["content"], json.loads(row["messages"][2]["content"])
+            assert (f" on {answer['model']}" in note) == (split == "dev"), f"{split} note worded like the other split: {note}"
+            assert (" context" in note) == (split == "dev" and answer["seq_len"] is not None), note
 
 
 def test_loader_takes_the_config_object_a_lesson_builds(tiny_cache):

@@ -1,5 +1,7 @@
-"""Lesson 13's plumbing: the ZeRO estimator held to DeepSpeed's own, the shipped accelerate/DeepSpeed configs, and a
-multi-process launch that never hangs a cell (a dead or hung rank is stopped and named)."""
+"""Lesson 13's plumbing: the ZeRO estimator held to DeepSpeed's own (and the lesson's prose to the estimator), the
+shipped accelerate/DeepSpeed configs, a multi-process launch that never hangs a cell (a dead or hung rank is stopped
+and named), and ``make engines``: ZeRO-2 and ZeRO-3 trained on two CPU processes, and a non-zero exit when an engine
+leaves the single-process loss curve."""
 
 from __future__ import annotations
 
@@ -10,8 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.core.memory import (GIB, LLAMA_3_1_8B, estimate_training_vram, estimate_zero_model_states)
-from course_utils.topics.multigpu import ACCELERATE_CONFIGS, LaunchFailed, accelerate_command, free_port, launch
+from course_utils.core.memory import (GIB, LLAMA_3_1_8B, QWEN2_5_7B, ModelShape, estimate_training_vram,
+                                      estimate_zero_model_states)
+from course_utils.core.paths import REPO_ROOT
+from course_utils.topics import multigpu
+from course_utils.topics.multigpu import (ACCELERATE_CONFIGS, CURVE_TOLERANCE, LaunchFailed, accelerate_command,
+                                          curve_problems, free_port, launch)
+
+MODEL_STATES = ("weights", "gradients", "optimizer state")
 
 SIZES = (125e6, 1.3e9, 8.03e9, 13.0e9, 70e9)
 WORLDS = (1, 2, 4, 8, 16)
@@ -61,14 +69,65 @@ def test_each_stage_splits_more_and_stage_1_splits_only_the_optimizer_state():
         estimate_zero_model_states(n, world, 2, offload_params=True)
 
 
-def test_optimizer_offload_on_one_card_moves_the_state_off_and_changes_nothing_else():
-    base = estimate_training_vram(LLAMA_3_1_8B, method="full", weight_bits=16, optimizer="adamw")
-    off = estimate_training_vram(LLAMA_3_1_8B, method="full", weight_bits=16, optimizer="adamw", offload_optimizer=True)
-    assert base.parts["optimizer state"] == pytest.approx(LLAMA_3_1_8B.n_params * 8 / GIB)
-    assert off.parts["optimizer state"] == 0 and "CPU RAM" in off.notes[-1]
-    assert base.total_gb - off.total_gb == pytest.approx(base.parts["optimizer state"])
+def test_full_training_in_16_bit_counts_what_deepspeed_counts_on_one_gpu():
+    """16-bit weights train with fp32 master weights and fp32 gradients (2 + 2 + 4 + 4 + 8 = 20 bytes a parameter with
+    AdamW): the one-card plan is DeepSpeed's own estimate for one GPU, ZeRO stage 0 of the course's estimator, and
+    with ZeRO-Offload the card keeps the 16-bit weights, as DeepSpeed's cpu_offload estimate says."""
+    from deepspeed.runtime.zero.stage_1_and_2 import estimate_zero2_model_states_mem_needs
+
+    for shape in (LLAMA_3_1_8B, QWEN2_5_7B, ModelShape.from_params(125e6)):
+        n = shape.n_params
+        plans = {off: estimate_training_vram(shape, method="full", weight_bits=16, optimizer="adamw",
+                                             offload_optimizer=off) for off in (False, True)}
+        for off, est in plans.items():
+            _, ds_gpu = estimate_zero2_model_states_mem_needs(int(n), 1, 1, cpu_offload=off)
+            assert sum(est.parts[k] for k in MODEL_STATES) == pytest.approx(ds_gpu / GIB, rel=1e-6), (shape.name, off)
+        assert sum(plans[False].parts[k] for k in MODEL_STATES) == pytest.approx(
+            estimate_zero_model_states(n, 1, 0).gpu_gb)
+        # the optimizer state is the fp32 master copy and AdamW's two moments (12 bytes): what the lesson calls it
+        assert plans[False].parts["optimizer state"] == pytest.approx(n * 12 / GIB)
+        assert "CPU RAM" in plans[True].notes[-1]
+        # offloading moves model states only: activations, logits and overhead stay
+        rest = [k for k in plans[False].parts if k not in MODEL_STATES]
+        assert all(plans[True].parts[k] == plans[False].parts[k] for k in rest)
+
+
+def test_pure_16_bit_and_fp32_training_count_no_master_copy():
+    n = LLAMA_3_1_8B.n_params
+    pure = estimate_training_vram(LLAMA_3_1_8B, method="full", weight_bits=16, optimizer="paged_adamw_8bit",
+                                  master_weights=False)
+    assert sum(pure.parts[k] for k in MODEL_STATES) == pytest.approx(n * (2 + 2 + 2) / GIB)
+    fp32 = estimate_training_vram(LLAMA_3_1_8B, method="full", optimizer="adamw")  # the weights are the master
+    assert sum(fp32.parts[k] for k in MODEL_STATES) == pytest.approx(n * (4 + 4 + 8) / GIB)
     assert estimate_training_vram(LLAMA_3_1_8B).total_gb == estimate_training_vram(
         LLAMA_3_1_8B, offload_optimizer=False).total_gb  # the default is what it was
+
+
+def _lesson_13():
+    return {c["id"]: "".join(c["source"]) for c in
+            json.loads((REPO_ROOT / "notebooks" / "13_beyond_one_card.ipynb").read_text())["cells"]}
+
+
+def test_lesson_13_prose_says_what_its_plan_computes():
+    """The numbers in part 1's prose are the ones the lesson's plan cell computes with the estimator."""
+    import course_utils as cu
+
+    cells = _lesson_13()
+    scope = {"cu": cu, "GIB": GIB, "ModelShape": ModelShape, "estimate_training_vram": estimate_training_vram,
+             "OPT_MODEL_ID": "Qwen/Qwen2.5-1.5B", "print": lambda *a, **k: None}
+    exec(cells["b2361245"], scope)  # the plan cell: opt_plan (GiB per plan), adamw_parts, model_states_gb
+    intro, after = " ".join(cells["4392579f"].split()), " ".join(cells["1e3c6c84"].split())
+    per_param = scope["model_states_gb"] * GIB / scope["qwen_1_5b"].n_params
+    plan = scope["opt_plan"]
+    expected = {intro: [f"costs {per_param:.0f} bytes a parameter", f"is ~{scope['model_states_gb']:.0f} GiB",
+                        f"optimizer state alone (~{scope['adamw_parts']['optimizer state']:.0f} GiB)"],
+                after: [f"AdamW on the card needs ~{plan['AdamW on the card']:.0f} GiB",
+                        f"in CPU RAM ~{plan['AdamW, state in CPU RAM (ZeRO-Offload)']:.1f} GiB",
+                        f"~{plan['paged 8-bit AdamW, bf16 weights']:.1f} GiB, over the line"]}
+    for text, phrases in expected.items():
+        for phrase in phrases:
+            assert phrase in text, f"lesson 13's prose should say {phrase!r} (the estimator's number): {text[:200]}"
+    assert per_param == pytest.approx(20)
 
 
 def test_shipped_configs_load_as_accelerate_and_deepspeed_read_them():
@@ -122,3 +181,65 @@ def test_a_hung_run_is_stopped_at_its_limit_with_the_workers_it_started(tmp_path
     time.sleep(0.2)
     alive = Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     assert not alive, "the worker of the stopped run is still running"
+
+
+# --- make engines ------------------------------------------------------------------------------------------------
+def _run(losses, engine="DEEPSPEED"):
+    return {"engine": engine, "history": {"loss": list(losses)},
+            "ranks": [{"rank": 0, "param_bytes": 4, "grad_bytes": 4, "optimizer_bytes": 8}]}
+
+
+def test_curve_check_names_the_engine_that_strays_and_a_reference_that_learned_nothing():
+    single = [4.0, 3.5, 3.0]
+    ok = {"single": _run(single, "NO"), "zero2": _run([4.0, 3.5 + 5e-5, 3.0])}
+    assert curve_problems(ok, CURVE_TOLERANCE["no"]) == []
+    off = {**ok, "zero3": _run([4.0, 3.5, 3.002])}
+    (problem,) = curve_problems(off, CURVE_TOLERANCE["no"])
+    assert problem.startswith("zero3:") and "2.00e-03 (step 2)" in problem
+    assert curve_problems({**ok, "ddp": _run([4.0, float("nan"), 3.0])}, 1e-4)  # NaN is no match
+    assert "steps" in curve_problems({**ok, "fsdp": _run([4.0, 3.5])}, 1e-4)[0]
+    flat = {"single": _run([4.0, 4.0, 4.0], "NO"), "ddp": _run([4.0, 4.0, 4.0])}
+    assert "did not fall" in curve_problems(flat, 1e-4)[0]
+
+
+def test_make_engines_exits_non_zero_when_an_engine_leaves_the_curve(monkeypatch, tmp_path, capsys):
+    """main() as `make engines` runs it, with launches that write the runs' metrics: exit 0 when every engine follows
+    the single process, 1 (and a sentence naming the engine) when one strays by more than the tolerance."""
+    curves = {"single": [4.0, 3.6, 3.2, 3.0], "ddp": [4.0, 3.6, 3.2, 3.0], "zero3": [4.0, 3.6, 3.2, 3.0]}
+
+    def fake_launch(cmd, name, **kwargs):
+        out = Path(cmd[cmd.index("--output_dir") + 1])
+        out.mkdir(parents=True)
+        (out / "metrics.json").write_text(json.dumps(_run(curves[out.name])))
+        return ""
+
+    monkeypatch.setattr(multigpu, "launch", fake_launch)
+    assert multigpu.main(["--engines", "ddp", "zero3", "--output_dir", str(tmp_path / "a")]) == 0
+    curves["zero3"] = [4.0, 3.6, 3.2 + 1e-3, 3.0]  # the defect: one engine's curve strays at step 2
+    assert multigpu.main(["--engines", "ddp", "zero3", "--output_dir", str(tmp_path / "b")]) == 1
+    err = capsys.readouterr().err
+    assert "zero3: its loss left the single-process curve by 1.00e-03" in err and "ddp" not in err
+
+
+def test_make_engines_trains_zero2_and_zero3_on_two_cpu_processes(tmp_path, capsys, monkeypatch):
+    """DeepSpeed ZeRO-2 and ZeRO-3 for real (gloo, nothing compiled): the single-process loss curve within 1e-4, and
+    each rank holds what its stage splits: ZeRO-2 the whole fp32 weights, ZeRO-3 half of them."""
+    extensions = tmp_path / "torch_extensions"  # where DeepSpeed would build its CPU ops
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    start = time.monotonic()
+    rc = multigpu.main(["--engines", "zero2", "zero3", "--max_steps", "4", "--output_dir", str(tmp_path),
+                        "--timeout_s", "240"])
+    assert rc == 0, capsys.readouterr().err
+    runs = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("single", "zero2", "zero3")}
+    full = runs["single"]["ranks"][0]
+    for name in ("zero2", "zero3"):
+        run = runs[name]
+        assert run["engine"] == "DEEPSPEED" and run["world_size"] == 2 and run["backend"] == "gloo"
+        assert len(run["history"]["loss"]) == 4 and run["val_loss"] < run["first_val_loss"]
+        shares = [r["param_bytes"] / full["param_bytes"] for r in run["ranks"]]
+        assert shares == pytest.approx([1.0, 1.0] if name == "zero2" else [0.5, 0.5], abs=0.01), (name, shares)
+        # AdamW's two moments and the fp32 master weights, split over 2 ranks: (8 + 4) / 2 of the single's 8 bytes
+        assert [r["optimizer_bytes"] / full["optimizer_bytes"] for r in run["ranks"]] == pytest.approx([0.75, 0.75],
+                                                                                                       abs=0.01)
+    assert not extensions.exists(), f"DeepSpeed compiled an op on CPU: {sorted(p.name for p in extensions.iterdir())}"
+    print(f"single + ZeRO-2 + ZeRO-3, 4 steps: {time.monotonic() - start:.0f} s")

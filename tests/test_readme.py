@@ -72,3 +72,51 @@ def test_recipe_stands_alone(path):
     assert ast.get_docstring(tree), f"{path.name} needs a docstring saying what it does and how to run it"
     assert "argparse" in imported, f"{path.name} should take command-line flags (argparse)"
     assert re.search(r"if __name__ == .__main__.:", path.read_text()), f"{path.name} needs a __main__ guard"
+
+
+# --- measured figures: one number in one place (benchmarks/measured/) ----------------------------------------
+from course_utils.runner import records  # noqa: E402
+
+APPLY = ("`MODE=smoke make course`, then `python -m course_utils.runner.records smoke-times runs/<time>/report.json "
+         "--apply` (writes benchmarks/measured/smoke_times.json and rewrites the README column, time_smoke and the "
+         "title tables from it)")
+
+
+@pytest.mark.parametrize("path", LESSONS, ids=[p.stem for p in LESSONS])
+def test_smoke_time_is_the_recorded_one_everywhere(path):
+    """The README's smoke column, the lesson's metadata ``time_smoke`` and its title table all show the time of the
+    recorded smoke run (benchmarks/measured/smoke_times.json), rounded up to a multiple of 5 s."""
+    recorded = records.load_smoke_times().get("seconds", {})
+    assert path.stem in recorded, f"no recorded smoke time for {path.stem}: run {APPLY}"
+    shown = records.shown_seconds(recorded[path.stem])
+    meta = run.lesson_meta(path)
+    title = "".join(json.loads(path.read_text())["cells"][0]["source"])
+    readme = records.readme_smoke_cells((ROOT / "README.md").read_text())
+    seen = {"README": records.smoke_part(readme[path.stem][1]) if path.stem in readme else None,
+            "time_smoke": records.smoke_part("/ " + meta.get("time_smoke", "")),
+            "title table": records.smoke_part(records.title_time_cell(title) or "")}
+    wrong = {where: value for where, value in seen.items() if value != shown}
+    assert not wrong, (f"{path.stem} ran its smoke mode in {recorded[path.stem]} s (shown as {shown} s), but "
+                       f"{wrong} say otherwise: run {APPLY}")
+
+
+def test_readme_cartpole_figure_is_the_recorded_one():
+    """"500 ± 0 on 50 held-out seeds, measured on a CPU" in the README is lesson 15's record, machine included."""
+    readme = (ROOT / "README.md").read_text()
+    claim = re.search(r"CartPole \((\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?) on (\d+) held-out seeds, measured on an? (CPU|GPU)\)",
+                      readme)
+    assert claim, "README's electives table should state lesson 15's CartPole figure as 'N ± S on K held-out seeds, measured on a CPU'"
+    entries = records.load("15_rl_stable_baselines3")
+    needed = [f"{algo}_test_return{part}" for algo in ("ppo", "dqn") for part in ("", "_std")] + ["test_episodes"]
+    assert all(name in entries for name in needed), (
+        f"README claims lesson 15's CartPole figure, but benchmarks/measured/15_rl_stable_baselines3.json does not "
+        f"hold {', '.join(n for n in needed if n not in entries)}: run the lesson's Results cell's command and record it "
+        "(python -m course_utils.runner.records write ... --lesson 15), or drop the figure from README")
+    for algo in ("ppo", "dqn"):
+        mean, std = entries[f"{algo}_test_return"], entries[f"{algo}_test_return_std"]
+        assert f"{mean['value']:g}" == claim.group(1) and f"{std['value']:g}" == claim.group(2), (
+            f"README says {claim.group(1)} ± {claim.group(2)}; lesson 15's record of {algo.upper()} says "
+            f"{mean['value']:g} ± {std['value']:g}")
+    assert int(claim.group(3)) == entries["test_episodes"]["value"]
+    on_gpu = bool(entries["ppo_test_return"]["machine"]["gpu"])
+    assert claim.group(4) == ("GPU" if on_gpu else "CPU"), "README names the wrong kind of machine for lesson 15's figure"

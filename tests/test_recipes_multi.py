@@ -1,7 +1,8 @@
 """recipes/train_multi.py as a practitioner runs it: one plain process, copied next to train_gpt.py, no course_utils.
 
-The multi-process runs (DDP and FSDP over gloo, compared with this single-process curve) happen once, in lesson 13's
-smoke run (tests/test_notebooks.py); they are not repeated here.
+The multi-process runs happen elsewhere, each once: DDP and FSDP over gloo in lesson 13's smoke run
+(tests/test_notebooks.py), DeepSpeed ZeRO-2 and ZeRO-3 through ``make engines`` (tests/test_multigpu.py), each compared
+with the single-process curve.
 """
 
 from __future__ import annotations

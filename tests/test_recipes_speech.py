@@ -77,6 +77,7 @@ def test_recipe_fine_tunes_saves_and_reloads(run_recipe, tiny_model, data, tmp_p
     assert metrics["eval_loss_after"] < metrics["eval_loss_before"], "the held-out loss should fall too"
     assert [e["step"] for e in metrics["eval_curve"]] == [0, 12, 24], "held-out loss and WER at step 0 and every 12"
     assert all(np.isfinite([metrics["wer_before"], metrics["wer_after"]])) and metrics["wer_before"] > 0
+    assert metrics["wer_gain_over_base"] == metrics["wer_before"] - metrics["wer_after"], "the margin over the base model"
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "model"], "no temporary files may be left behind"
 
     model = WhisperForConditionalGeneration.from_pretrained(out / "model").eval()

@@ -33,18 +33,20 @@ def _lesson_code() -> list[str]:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    """The tiny LLaVA (model + processor) in a folder, and 24 training / 12 held-out generated triples as JSONL."""
+    """The tiny LLaVA (model + processor) in a folder, and 24 training / 12 held-out generated triples as JSONL: the
+    lesson's smoke task (colour questions about one-shape pictures), with its question types."""
     from course_utils.smoke.vlm import build_tiny_llava, make_shape_vqa
 
     root = tmp_path_factory.mktemp("llava-recipe")
     build_tiny_llava(root / "tiny-llava")
-    train, test = make_shape_vqa(24, 12, seed=0)
+    train, test = make_shape_vqa(24, 12, seed=0, max_shapes=1, kinds=("color",))
     (root / "images").mkdir()
     for name, split in (("train", train), ("test", test)):
         lines = []
         for i, ex in enumerate(split):
             ex.image.save(root / "images" / f"{name}_{i:03d}.png")
-            lines.append(json.dumps({"image": f"images/{name}_{i:03d}.png", "question": ex.question, "answer": ex.answer}))
+            lines.append(json.dumps({"image": f"images/{name}_{i:03d}.png", "question": ex.question, "answer": ex.answer,
+                                     "question_type": ex.template}))
         (root / f"{name}.jsonl").write_text("\n".join(lines) + "\n")
     return root
 
@@ -101,12 +103,15 @@ def test_recipe_qlora_improves_held_out_and_the_adapter_reloads(run_recipe, tiny
     out = tmp_path / "adapter"
     run_recipe("train_llava_qlora.py", "--model_name", tiny / "tiny-llava", "--dataset", tiny / "train.jsonl",
                "--eval_dataset", tiny / "test.jsonl", "--load_in_4bit", "--lora_r", "16", "--lora_alpha", "32",
-               "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_train_epochs", "6",
+               "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "1", "--num_train_epochs", "20",
                "--learning_rate", "1e-2", "--seed", "0", "--output_dir", out)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["eval_examples"] == 12 and metrics["train_examples"] == 24
     assert metrics["eval_loss_after"] < 0.7 * metrics["eval_loss_before"], f"held-out loss did not fall: {metrics}"
     assert metrics["exact_match_gain"] > 0, f"exact match did not rise on the held-out examples: {metrics}"
+    # the generated colours are balanced: answering blind (the commonest training colour) scores chance, 1/4
+    assert metrics["blind_exact_match"] == pytest.approx(1 / 4)
+    assert metrics["exact_match_gain_over_blind"] == pytest.approx(metrics["exact_match_after"] - 1 / 4)
     assert {"adapter_config.json", "adapter_model.safetensors", "metrics.json"} <= {p.name for p in out.iterdir()}
     assert not [p for p in out.iterdir() if p.name.startswith("tmp")], "no temporary files left behind"
 

@@ -74,6 +74,10 @@ def test_recipe_trains_scores_the_test_split_and_exports(run_recipe, leaky_shape
     for key in ("before", "after"):
         assert 0 <= metrics[key]["map50_95"] <= metrics[key]["map50"] <= 1
 
+    # best.pt's sha256 is recorded beside it (what lesson 12's demo checks before unpickling it)
+    assert (run / "weights" / "best.pt.sha256").read_text().split() == [file_hash(run / "weights" / "best.pt"), "best.pt"]
+    assert metrics["best_sha256"] == file_hash(run / "weights" / "best.pt")
+
     # best.pt reloads as a detector of the data set's classes
     best = YOLO(run / "weights" / "best.pt")
     assert best.names == {0: "circle", 1: "square", 2: "triangle"}
@@ -92,11 +96,19 @@ def test_recipe_trains_scores_the_test_split_and_exports(run_recipe, leaky_shape
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp")], "metrics.json is written atomically"
 
 
-def test_recipe_refuses_a_checkpoint_with_another_sha256(run_recipe, tmp_path):
+def test_recipe_refuses_a_checkpoint_with_another_sha256(run_recipe, tmp_path, offline_ultralytics):
     fake = tmp_path / "yolov8n.pt"
     fake.write_bytes(b"not a checkpoint")
-    with pytest.raises(pytest.fail.Exception, match="not the expected"):  # it exits non-zero before unpickling
+    with pytest.raises(pytest.fail.Exception, match="not the expected 0000"):  # it exits non-zero before unpickling
         run_recipe("train_yolo.py", "--data", "unused.yaml", "--model", fake, "--sha256", "0" * 64)
+    # by name, without --sha256: the file Ultralytics would load (here a stray one in the run's folder) must have the
+    # digest the course pins
+    from course_utils.topics.yolo import WEIGHTS
+
+    with pytest.raises(pytest.fail.Exception, match=f"not the expected {WEIGHTS['yolov8n.pt'][1]}"):
+        run_recipe("train_yolo.py", "--data", "unused.yaml", "--model", "yolov8n.pt")
+    with pytest.raises(pytest.fail.Exception, match="is not a file"):
+        run_recipe("train_yolo.py", "--data", "unused.yaml", "--model", tmp_path / "missing.pt", "--sha256", "0" * 64)
 
 
 def test_recipe_and_lesson_drop_the_same_copies(tmp_path, leaky_shapes):

@@ -46,6 +46,8 @@ def test_save_gif_keeps_every_frame_even_identical_ones(tmp_path):
     assert back.shape == (8, 20, 30, 3), "every frame should come back (the progress bar keeps them distinct)"
     assert np.abs(back[:, :-2].astype(int) - np.stack(frames)[:, :-2]).max() <= 8, "the picture above the bar is kept"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.gif"], "written atomically: no temporary file left"
+    many = rl.save_gif([still] * 70, tmp_path / "b.gif", fps=10)  # more frames than pixels of width
+    assert len(iio.imread(many, index=None)) == 70, "still frames beyond the bar's resolution are kept too"
 
 
 def test_atari_rom_check_finds_pong_and_explains_what_is_missing(monkeypatch):

@@ -154,7 +154,8 @@ def test_report_shows_measured_or_estimate_and_the_value_seen(lessons, tmp_path)
                        full_targets={"acc": [">=", 0.9, "measured"], "loss": ["<=", 1.5, "estimate"]})
     assert run.main([str(path), "--mode", "full", "--out", str(tmp_path)]) == 1  # loss missed
     md = next(tmp_path.glob("*/report.md")).read_text()
-    assert "acc 0.93 >= 0.9 ✓ [measured]" in md and "loss 1.7 <= 1.5 ✗ [estimate]" in md
+    # "measured" with no record in benchmarks/measured/ says so (tests/test_records.py: where a record is found)
+    assert "acc 0.93 >= 0.9 ✓ [marked measured, but no record meets it]" in md and "loss 1.7 <= 1.5 ✗ [estimate]" in md
     assert "[estimate] ones are expected values" in md
     data = json.loads(next(tmp_path.glob("*/report.json")).read_text())
     targets = {t["metric"]: t for t in data["lessons"][0]["targets"]}
@@ -330,6 +331,26 @@ def test_every_cell_gets_a_default_time_limit(lessons, tmp_path, monkeypatch):
     assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["full"] == 1800
     run.run_lesson(path, tmp_path, "full", {}, timeout=60, progress=False)
     assert seen["execution_timeout"] == 60
+
+
+def test_a_vram_figure_recorded_as_none_is_a_missed_target_not_measured(lessons, tmp_path, monkeypatch):
+    """Without a GPU a lesson records peak VRAM as None: the full-mode VRAM target is missed ("not measured"), not
+    passed as if 0 GiB had been used."""
+    import papermill
+
+    def fake_execute(nb, output, **kwargs):  # what the lesson's results cell writes on a CPU
+        Path(os.environ["COURSE_METRICS_FILE"]).write_text(json.dumps({"train_peak_vram_gb": None, "acc": 0.95}))
+
+    monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
+    path = make_lesson(lessons, "06_x", "pass", full_targets={"train_peak_vram_gb": ["<=", 8.5, "estimate"],
+                                                               "acc": [">=", 0.9, "estimate"], "f1": [">=", 0.5, "estimate"]})
+    result = run.run_lesson(path, tmp_path, "full", {}, progress=False)
+    by_metric = {t.metric: t for t in result.targets}
+    vram, acc, f1 = by_metric["train_peak_vram_gb"], by_metric["acc"], by_metric["f1"]
+    assert result.status == "missed target" and not vram.met and vram.note == "not measured" and acc.met
+    assert not f1.met and f1.note == "not recorded"
+    run.write_report([result], tmp_path, "full", {})
+    assert "train_peak_vram_gb - (not measured) <= 8.5 ✗" in (tmp_path / "report.md").read_text()
 
 
 def test_a_multi_process_cell_whose_workers_hang_is_stopped_with_its_workers(lessons, tmp_path):

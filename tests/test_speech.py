@@ -229,6 +229,15 @@ def test_held_out_sentences_are_not_in_training():
     assert sum(any(w in t.split() for w in domain) for t in test) >= 15, "the held-out set should test the jargon"
 
 
+def test_held_out_clips_are_spoken_by_voices_never_heard_in_training():
+    clips = speech.load_clips()
+    train = {c.speaker for c in clips if c.split == "train"}
+    test = {c.speaker for c in clips if c.split == "test"}
+    assert None not in train | test, "every shipped clip records its voice in transcripts.jsonl"
+    assert len(train) >= 3 and len(test) >= 2, f"several voices on each side (train {train}, test {test})"
+    assert not train & test, f"voices in both splits: {sorted(train & test)}: the held-out WER would flatter the model"
+
+
 def test_load_clips_missing_folder_says_what_to_do(tmp_path):
     with pytest.raises(MissingData, match="transcripts.jsonl"):
         speech.load_clips(tmp_path)

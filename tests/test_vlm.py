@@ -76,8 +76,43 @@ def test_splits_are_disjoint_and_balanced():
     assert len(train) == 30 and len(test) == 15
     assert not {ex.shapes for ex in train} & {ex.shapes for ex in test}
     assert sorted(ex.kind for ex in test) == sorted(list(smoke_vlm.QUESTION_KINDS) * 5)
-    with pytest.raises(BadParameter):
-        smoke_vlm.generate_shape_qa(-1)
+    for bad in ({"n": -1}, {"n": 3, "max_shapes": 0}, {"n": 3, "kinds": ("shape",)}):
+        with pytest.raises(BadParameter):
+            smoke_vlm.generate_shape_qa(**bad)
+
+
+def _blind_exact_match(train, test):
+    """The lesson's image-blind answerer: the commonest training answer for each question template."""
+    from collections import Counter
+
+    majority = {t: Counter(ex.answer for ex in train if ex.template == t).most_common(1)[0][0]
+                for t in {ex.template for ex in train}}
+    return vlm.exact_match([majority.get(ex.template, "") for ex in test], [ex.answer for ex in test])
+
+
+@pytest.mark.parametrize("kwargs, chance", [
+    ({}, 1 / 3),  # colour 1/4, count 1/4, position 1/2 (left-right and top-bottom are separate question types)
+    ({"max_shapes": 1, "kinds": ("color",)}, 1 / 4),  # the smoke task
+])
+def test_answers_are_balanced_so_answering_blind_scores_chance(kwargs, chance):
+    train, test = smoke_vlm.make_shape_vqa(n_train=48, n_test=24, seed=0, **kwargs)
+    for split in (train, test):
+        for template in {ex.template for ex in split}:
+            answers = [ex.answer for ex in split if ex.template == template]
+            assert len(set(answers.count(a) for a in set(answers))) == 1, f"unbalanced answers for {template!r}: {answers}"
+            assert all(ex.question == template.format(**_named(ex)) for ex in split if ex.template == template)
+    assert _blind_exact_match(train, test) == pytest.approx(chance)
+    if "max_shapes" in kwargs:
+        assert all(len(ex.shapes) <= kwargs["max_shapes"] for ex in train + test)
+        assert {ex.kind for ex in train + test} == set(kwargs["kinds"])
+
+
+def _named(ex):
+    """The object a question names: the words that fill its template."""
+    words = ex.question.rstrip("?").split()
+    if ex.kind == "color":
+        return {"shape": words[-1]}
+    return {"color": words[2], "shape": words[3]} if ex.kind == "position" else {}
 
 
 def test_exact_match_normalises_like_vqa():

@@ -260,12 +260,14 @@ def test_an_archive_escaping_its_folder_is_not_unpacked(tmp_path):
     assert not (tmp_path / "evil.txt").exists()
 
 
-def test_yolov8n_weights_are_pinned_and_checked_before_unpickling(monkeypatch):
+def test_yolov8n_weights_are_pinned_and_checked_before_unpickling(monkeypatch, tmp_path):
     url, sha256 = yolo.WEIGHTS["yolov8n.pt"]
     assert url.endswith("/yolov8n.pt") and len(sha256) == 64 and int(sha256, 16)
     target = Path(os.environ["COURSE_CACHE"]) / "ultralytics" / "weights" / "yolov8n.pt"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"not the checkpoint")  # a tampered or truncated file already in the weights folder
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "yolov8n.pt").write_bytes(b"a stray file of the same name")  # not taken instead of the pinned one
     import ultralytics
 
     monkeypatch.setattr(ultralytics, "YOLO", lambda *a, **k: pytest.fail("an unverified checkpoint reached YOLO()"))
@@ -394,3 +396,22 @@ def test_the_starting_point_keeps_every_pretrained_tensor_but_the_class_outputs(
                                             and torch.equal(before[k].float(), after[k].float())))
     assert fresh == [f"model.22.cv3.{i}.2.{p}" for i in range(3) for p in ("bias", "weight")]
     assert after["model.22.cv3.0.2.weight"].shape[0] == 4, "the new head outputs one score per class"
+
+
+def test_a_recorded_checkpoint_is_verified_afresh(tmp_path):
+    """record_sha256 writes best.pt.sha256 beside the file; verify_recorded refuses a swapped file, even one that
+    keeps the size and modification time (file_hash's memo would not notice), and a file with no record."""
+    best = tmp_path / "weights" / "best.pt"
+    best.parent.mkdir()
+    best.write_bytes(b"checkpoint A" * 100)
+    digest = yolo.record_sha256(best)
+    assert (tmp_path / "weights" / "best.pt.sha256").read_text().split() == [digest, "best.pt"]
+    assert digest == file_hash(best) and yolo.verify_recorded(best) == best
+    stat = best.stat()
+    best.write_bytes(b"checkpoint B" * 100)                 # same size
+    os.utime(best, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # same time
+    with pytest.raises(CorruptDownload, match="not the file lesson 08 recorded"):
+        yolo.verify_recorded(best)
+    (tmp_path / "weights" / "best.pt.sha256").unlink()
+    with pytest.raises(cu.MissingData, match="no recorded sha256"):
+        yolo.verify_recorded(best)

@@ -247,22 +247,28 @@ class PeakMemory:
     ``allocated_gb`` / ``reserved_gb`` are the block's peaks (what the card had to hold, including what was already
     there on entry, e.g. the model's weights); ``*_entry_gb`` what was held on entry; ``*_delta_gb`` what the block
     itself added on top (its activations, gradients, optimizer state). RSS likewise for the process's RAM.
+    Without a GPU the VRAM fields are ``None``: not measured, which is not the same as zero (a VRAM target met by
+    a CPU run would be a false pass). Code that rounds or compares them checks for ``None`` first.
     """
 
-    allocated_gb: float = 0.0
-    reserved_gb: float = 0.0
+    allocated_gb: float | None = None
+    reserved_gb: float | None = None
     rss_gb: float = 0.0
     seconds: float = 0.0
-    allocated_entry_gb: float = 0.0
-    reserved_entry_gb: float = 0.0
+    allocated_entry_gb: float | None = None
+    reserved_entry_gb: float | None = None
     rss_entry_gb: float = 0.0
 
     @property
-    def allocated_delta_gb(self) -> float:
+    def allocated_delta_gb(self) -> float | None:
+        if self.allocated_gb is None or self.allocated_entry_gb is None:
+            return None
         return max(0.0, self.allocated_gb - self.allocated_entry_gb)
 
     @property
-    def reserved_delta_gb(self) -> float:
+    def reserved_delta_gb(self) -> float | None:
+        if self.reserved_gb is None or self.reserved_entry_gb is None:
+            return None
         return max(0.0, self.reserved_gb - self.reserved_entry_gb)
 
     @property
@@ -272,7 +278,7 @@ class PeakMemory:
     def __str__(self) -> str:
         gpu = (f"peak VRAM {self.allocated_gb:.2f} GiB allocated / {self.reserved_gb:.2f} GiB reserved "
                f"(+{self.allocated_delta_gb:.2f} GiB over the {self.allocated_entry_gb:.2f} held on entry), "
-               if self.reserved_gb else "")
+               if self.reserved_gb is not None else "")
         return f"{gpu}peak RSS {self.rss_gb:.2f} GiB (+{self.rss_delta_gb:.2f}), {self.seconds:.1f} s"
 
 

@@ -9,7 +9,9 @@ Rules of thumb behind the formulas (each a line in :func:`estimate_training_vram
   LM head stay in 16-bit (bitsandbytes quantises only the linear layers inside the blocks).
 * KV cache: 2 (K and V) x layers x KV heads x head_dim x sequence x batch x 2 bytes.
 * training: trainable params pay weights + gradients + optimizer state (AdamW: 8 bytes, 8-bit AdamW: 2, SGD with
-  momentum: 4); frozen params pay only their weights.
+  momentum: 4); frozen params pay only their weights. Full training with 16-bit weights adds the fp32 master weights
+  and the fp32 gradients the optimizer steps on (mixed precision as DeepSpeed runs it: 2 + 2 + 4 + 4 + 8 = 20 bytes a
+  parameter with AdamW, DeepSpeed's own estimate on one GPU).
 * activations: without checkpointing every layer keeps its intermediates for the backward pass; with
   checkpointing only each layer's input is kept, and one layer is recomputed at a time.
 * logits: batch x sequence x vocab, 14 bytes each in the pinned transformers' loss path (see :func:`logits_gb`),
@@ -253,22 +255,34 @@ def estimate_training_vram(
     chunked_loss: bool = False,
     loss_chunks: int = 8,
     offload_optimizer: bool = False,
+    master_weights: bool | None = None,
 ) -> VRAMEstimate:
     """Estimate peak training memory for full fine-tuning, LoRA (16-bit base) or QLoRA (4-bit base).
 
-    Full fine-tuning assumes mixed precision with fp32 master weights (4 + 4 bytes of weight and gradient a
-    parameter) unless ``weight_bits`` says otherwise. ``chunked_loss=True`` counts a chunked cross-entropy
-    (torchtune's ``CEWithChunkedOutputLoss``, ``loss_chunks`` chunks) instead of transformers' whole-batch loss.
-    ``offload_optimizer=True`` keeps the optimizer state in CPU RAM (DeepSpeed ZeRO-Offload on one GPU): it leaves
-    the card, and a note says how much RAM it takes. For several GPUs see :func:`estimate_zero_model_states`.
+    Full fine-tuning by default trains fp32 weights under autocast (4 + 4 bytes of weight and gradient a parameter).
+    With ``weight_bits=16`` it is mixed precision as DeepSpeed (and Apex, Megatron) run it: 16-bit weights and
+    gradients for the forward and backward passes, plus fp32 master weights and fp32 gradients the optimizer steps on
+    — with AdamW 2 + (2 + 4) + (4 + 8) = 20 bytes a parameter, DeepSpeed's own estimate on one GPU
+    (``estimate_zero2_model_states_mem_needs(n, 1)``, :func:`estimate_zero_model_states` at stage 0).
+    ``master_weights=False`` counts pure 16-bit training instead (the optimizer steps on the 16-bit weights, e.g.
+    bitsandbytes' 8-bit AdamW on a bf16 model): 2 + 2 + the optimizer's bytes. ``chunked_loss=True`` counts a chunked
+    cross-entropy (torchtune's ``CEWithChunkedOutputLoss``, ``loss_chunks`` chunks) instead of transformers'
+    whole-batch loss. ``offload_optimizer=True`` keeps the optimizer state in CPU RAM (DeepSpeed ZeRO-Offload on one
+    GPU); in full fine-tuning the gradients go there too, bucket by bucket as the backward pass makes them, so the
+    card keeps the weights (DeepSpeed's estimate with ``cpu_offload=True``); a note says how much RAM it takes.
+    For several GPUs see :func:`estimate_zero_model_states`.
     """
     est = VRAMEstimate()
     opt = OPTIMIZER_BYTES[optimizer]
+    grads_in_ram = 0.0  # offloaded: the gradients the CPU's optimizer steps on (16-bit ones only pass through)
     if method == "full":
         wbytes = bytes_per_param(weight_bits or 32)
+        master = (weight_bits == 16) if master_weights is None else master_weights
+        fp32 = ZERO_BYTES["grads32"] if master else 0  # the fp32 gradients the optimizer steps on
         est.parts["weights"] = shape.n_params * wbytes / GIB
-        est.parts["gradients"] = shape.n_params * wbytes / GIB
-        est.parts["optimizer state"] = shape.n_params * opt / GIB
+        est.parts["gradients"] = shape.n_params * (wbytes + fp32) / GIB
+        est.parts["optimizer state"] = shape.n_params * (opt + (ZERO_BYTES["master32"] if master else 0)) / GIB
+        grads_in_ram = shape.n_params * (fp32 or wbytes) / GIB
     else:
         base_bits = weight_bits or (4 if method == "qlora" else 16)
         est.parts["weights (frozen)"] = weights_gb(shape, base_bits)
@@ -278,8 +292,11 @@ def estimate_training_vram(
         if not shape.is_transformer:
             est.notes.append("LoRA size needs transformer dimensions; only the frozen weights were counted")
     if offload_optimizer:
-        est.notes.append(f"optimizer state in CPU RAM: {est.parts['optimizer state']:.2f} GiB there, none on the card")
-        est.parts["optimizer state"] = 0.0
+        moved = ["optimizer state", "gradients"] if method == "full" else ["optimizer state"]
+        est.notes.append(f"{' and '.join(moved)} in CPU RAM: {est.parts['optimizer state'] + grads_in_ram:.2f} GiB "
+                         "there, none on the card")
+        for key in moved:
+            est.parts[key] = 0.0
     est.parts["activations"] = _training_activations_gb(shape, seq_len, batch_size, gradient_checkpointing)
     if not shape.is_transformer and gradient_checkpointing and shape.activation_gb_per_sample:
         est.notes.append(f"gradient checkpointing keeps ~{shape.checkpointed_fraction:.0%} of the activations "

@@ -5,6 +5,13 @@
 * ``/api/status``  the model manager's state (JSON) and ``/api/chat`` (a streamed reply, one JSON line per piece):
   plain FastAPI routes that want ``Authorization: Bearer <password>``.
 
+Every route needs the login: :class:`LoginGate` sits in front of the whole app and lets through only the login page,
+its form and the frontend's own files (:data:`OPEN_BEFORE_LOGIN`); anything else, whatever a Gradio upgrade adds,
+answers 401 without the session cookie or the Bearer password. Failed logins are counted per client address, and
+after :data:`MAX_FAILED_LOGINS` in :data:`FAILED_LOGIN_WINDOW_S` seconds that client gets 429 until the window
+passes. Gradio's run history (whose routes act with the Hugging Face token saved on the machine) is off, and so are
+the OpenAPI schemas of both apps.
+
 Nothing calls out: Gradio's analytics are off (``GRADIO_ANALYTICS_ENABLED=False``, set before Gradio is imported),
 there is no share link, no update check (that lives in ``launch()``, which the app never calls), the theme uses the
 system's fonts, and FastAPI's interactive docs (which load scripts from a CDN) are switched off.
@@ -14,7 +21,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
+import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -24,7 +34,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
 
-from course_utils.core.errors import CourseError  # noqa: E402
+from course_utils.core.errors import BadParameter, CourseError  # noqa: E402
 from course_utils.demo.tabs import (MAX_AUDIO_SECONDS, MAX_PROMPT_CHARS, MAX_UPLOAD_MB, BadInput, Demo,  # noqa: E402
                                     check_prompt, describe_error)
 
@@ -32,10 +42,112 @@ USER = "learner"
 TABS = ("chat", "notes", "speech", "vision", "detector", "image")
 
 
+#: The shortest password the app accepts (a generated one has 24 characters).
+MIN_PASSWORD_CHARS = 12
+#: Failed logins (the login form, a wrong Bearer password) one client address may make within the window.
+MAX_FAILED_LOGINS = 10
+FAILED_LOGIN_WINDOW_S = 60.0
+#: What answers before the login: the login page (Gradio serves it at / to a browser without a session), its form,
+#: and the frontend's own JavaScript, CSS and theme from Gradio's wheel. Every other path needs the login.
+OPEN_BEFORE_LOGIN = re.compile(r"(GET|HEAD) /|POST /login/?|GET /theme\.css|GET /(assets|static)/.+")
+
+
+def check_password(password: str) -> str:
+    """A password of at least :data:`MIN_PASSWORD_CHARS` characters, or one sentence saying so."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        raise BadParameter(f"The demo's password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS} "
+                           "(or unset DEMO_PASSWORD and the app makes one up).")
+    return password
+
+
 def new_password() -> str:
     """The login password: ``DEMO_PASSWORD`` from the environment if set (never a command-line flag: ``ps``
     shows those to every user of the machine), else a fresh random one printed at start."""
-    return os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(18)
+    return check_password(os.environ.get("DEMO_PASSWORD") or secrets.token_urlsafe(18))
+
+
+class FailedLogins:
+    """Failed logins per client address in a sliding window: :meth:`wait_s` says how long a client must wait."""
+
+    def __init__(self, limit: int = MAX_FAILED_LOGINS, window_s: float = FAILED_LOGIN_WINDOW_S):
+        self.limit, self.window_s = limit, window_s
+        self._times: dict[str, deque[float]] = {}
+
+    def _recent(self, client: str) -> deque[float]:
+        times = self._times.setdefault(client, deque())
+        while times and time.monotonic() - times[0] > self.window_s:
+            times.popleft()
+        return times
+
+    def fail(self, client: str) -> None:
+        if len(self._times) > 10_000:  # many addresses: forget those with nothing recent
+            self._times = {c: t for c, t in self._times.items() if self._recent(c)}
+        self._recent(client).append(time.monotonic())
+
+    def wait_s(self, client: str) -> float:
+        times = self._recent(client)
+        return self.window_s - (time.monotonic() - times[0]) if len(times) >= self.limit else 0.0
+
+
+class LoginGate:
+    """ASGI middleware in front of the whole app: the login, or 401; too many failed logins, 429.
+
+    A request passes with Gradio's session cookie (set by its login form), with ``Authorization: Bearer <password>``,
+    or when it is in :data:`OPEN_BEFORE_LOGIN`. The session is looked up in the mounted Gradio app's own table
+    (``tokens``, keyed by the cookie ``access-token[-unsecure]-<cookie_id>``), the one Gradio's routes use.
+    """
+
+    def __init__(self, app: Any, password: str, gradio_app: Any, failures: FailedLogins | None = None):
+        self.app, self.password, self.gradio_app = app, password, gradio_app
+        self.failures = failures or FailedLogins()
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        from starlette.requests import HTTPConnection
+
+        if scope["type"] not in ("http", "websocket"):  # lifespan
+            return await self.app(scope, receive, send)
+        conn = HTTPConnection(scope)
+        client = conn.client.host if conn.client else "unknown"
+        request = f"{scope.get('method', 'WEBSOCKET')} {scope['path']}"
+        bearer = conn.headers.get("authorization")
+        logging_in = re.fullmatch(r"POST /login/?", request) is not None
+        if bearer is not None or logging_in:
+            wait = self.failures.wait_s(client)
+            if wait > 0:
+                return await self._refuse(scope, receive, send, 429, f"Too many failed logins from {client}: try "
+                                          f"again in {wait:.0f} s.", {"Retry-After": str(int(wait) + 1)})
+        if bearer is not None:
+            if secrets.compare_digest(bearer.encode(), f"Bearer {self.password}".encode()):
+                return await self.app(scope, receive, send)
+            self.failures.fail(client)
+            return await self._refuse(scope, receive, send, 401, "Wrong password: send 'Authorization: Bearer <the "
+                                      "app's password>' (printed at start, or your DEMO_PASSWORD).")
+        cookie = f"access-token-unsecure-{self.gradio_app.cookie_id}", f"access-token-{self.gradio_app.cookie_id}"
+        if any(conn.cookies.get(name) in self.gradio_app.tokens for name in cookie):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "http" and OPEN_BEFORE_LOGIN.fullmatch(request):
+            if not logging_in:
+                return await self.app(scope, receive, send)
+
+            async def count_failures(message: dict) -> None:  # Gradio answers a wrong password with 400
+                if message["type"] == "http.response.start" and message["status"] in (400, 401):
+                    self.failures.fail(client)
+                await send(message)
+
+            return await self.app(scope, receive, count_failures)
+        return await self._refuse(scope, receive, send, 401, "Log in first: open the app's page in a browser, or "
+                                  "send 'Authorization: Bearer <the app's password>' (printed at start, or your "
+                                  "DEMO_PASSWORD).")
+
+    @staticmethod
+    async def _refuse(scope: dict, receive: Callable, send: Callable, status: int, message: str,
+                      headers: dict[str, str] | None = None) -> None:
+        from starlette.responses import JSONResponse
+        from starlette.websockets import WebSocketClose
+
+        if scope["type"] == "websocket":
+            return await WebSocketClose(code=1008, reason=message[:120])(scope, receive, send)
+        return await JSONResponse({"detail": message}, status_code=status, headers=headers)(scope, receive, send)
 
 
 def _guard(fn: Callable) -> Callable:
@@ -174,7 +286,9 @@ def build_app(demo: Demo, password: str, user: str = USER) -> Any:
             raise HTTPException(status_code=401, detail="Log in: send 'Authorization: Bearer <the password printed "
                                                         "when the app started>'.")
 
-    app = FastAPI(title="Deep learning on 12 GB: the demo", docs_url=None, redoc_url=None, openapi_url=None)
+    check_password(password)
+    no_docs = {"docs_url": None, "redoc_url": None, "openapi_url": None}  # FastAPI's docs load scripts from a CDN
+    app = FastAPI(title="Deep learning on 12 GB: the demo", max_body_size=(MAX_UPLOAD_MB + 2) * 2**20, **no_docs)
 
     @app.get("/api/status", dependencies=[Depends(require_token)])
     def status() -> dict[str, Any]:
@@ -207,8 +321,12 @@ def build_app(demo: Demo, password: str, user: str = USER) -> Any:
         return StreamingResponse(lines(), media_type="application/x-ndjson")
 
     blocks = build_blocks(demo)
-    return gr.mount_gradio_app(
+    # run_history=False: no run-history routes (they act with the Hugging Face token saved on this machine)
+    gr.mount_gradio_app(
         app, blocks, path="/", auth=(user, password), auth_message="Log in with the user and password the app "
         "printed when it started.", footer_links=["api"], max_file_size=f"{MAX_UPLOAD_MB + 1}mb", ssr_mode=False,
-        theme=blocks.theme_for_mount, mcp_server=False, enable_monitoring=False, pwa=False,
+        theme=blocks.theme_for_mount, mcp_server=False, enable_monitoring=False, pwa=False, run_history=False,
+        app_kwargs=dict(no_docs),
     )
+    app.add_middleware(LoginGate, password=password, gradio_app=app.routes[-1].app)  # the Mount just added
+    return app

@@ -12,8 +12,8 @@
 
 Every model comes from the lessons' loaders (``course_utils.topics.*``); when what a learner trained is on disk (the
 QLoRA adapter of lesson 06, the fine-tuned Whisper of lesson 10, the detector of lesson 08, the SD LoRA of lesson 09,
-the LLaVA adapter of lesson 11) it is used and the tab says so. Bad input raises :class:`BadInput` (one sentence)
-before any model is touched.
+the LLaVA adapter of lesson 11) it is used and the tab says so (the detector, a pickle, only while its sha256 is
+the one lesson 08 recorded beside it). Bad input raises :class:`BadInput` (one sentence) before any model is touched.
 """
 
 from __future__ import annotations
@@ -37,6 +37,10 @@ from course_utils.demo.models import ModelManager, ModelSpec
 MAX_UPLOAD_MB = 10
 MAX_PROMPT_CHARS = 2000
 MAX_AUDIO_SECONDS = 120
+#: A chat keeps at most this many earlier turns (user and assistant only: the system prompt is the server's), and
+#: drops the oldest ones past this many characters.
+MAX_HISTORY_TURNS = 20
+MAX_HISTORY_CHARS = 4 * MAX_PROMPT_CHARS
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -93,10 +97,19 @@ def read_image(path: Any) -> Any:
 
 
 def read_audio(path: Any) -> Any:
-    """The uploaded clip as 16 kHz mono float32 (``topics.speech.load_audio``), or one sentence."""
+    """The uploaded clip as 16 kHz mono float32 (``topics.speech.load_audio``), or one sentence. Its length is read
+    from the file's header first: a clip over :data:`MAX_AUDIO_SECONDS` is refused before it is decoded."""
+    import soundfile as sf
+
     from course_utils.topics.speech import SAMPLE_RATE, load_audio
 
     path = check_upload(path, AUDIO_SUFFIXES, "audio clip")
+    try:
+        header = sf.info(str(path))
+    except Exception:  # LibsndfileError, or a header that claims nonsense
+        raise BadInput(f"{path.name} is not readable audio: upload a WAV, FLAC or OGG file.") from None
+    if header.duration > MAX_AUDIO_SECONDS:
+        raise BadInput(f"{path.name} lasts {header.duration:.0f} s; the limit is {MAX_AUDIO_SECONDS} s: cut it.")
     try:
         audio = load_audio(path)
     except (BadParameter, MissingData) as err:
@@ -209,7 +222,7 @@ class Demo:
         have = {"chat": (a.qlora_adapter / "adapter_config.json").is_file(),
                 "speech": (a.whisper / "config.json").is_file(),
                 "vision": (a.llava_adapter / "adapter_config.json").is_file(),
-                "detector": a.detector.is_file(),
+                "detector": self._detector_checked(),
                 "image": any(a.sd_lora.glob("*.safetensors")) if a.sd_lora.is_dir() else False}
         mine = {"chat": f"your QLoRA adapter (lesson 06, {a.qlora_adapter}) on {base['chat']}",
                 "speech": f"your fine-tuned Whisper (lesson 10, {a.whisper})",
@@ -218,6 +231,8 @@ class Demo:
                 "image": f"your LoRA (lesson 09, {a.sd_lora}) on {base['image']}"}
 
         def source(name: str) -> str:
+            if name == "detector" and self.detector_refused:
+                return f"the base model: {base[name]} ({self.detector_refused})"
             return mine[name] if have[name] else f"the base model: {base[name]} (no lesson artefact on disk)"
 
         loaders = {"chat": self._load_chat, "notes": self._load_notes, "speech": self._load_speech,
@@ -233,6 +248,22 @@ class Demo:
 
     def source(self, name: str) -> str:
         return self.manager.spec(name).source
+
+    def _detector_checked(self) -> bool:
+        """Lesson 08's ``best.pt`` is used only if its sha256 is the one the lesson recorded beside it: Ultralytics
+        unpickles checkpoints (``torch.load(weights_only=False)`` can run code). Otherwise one sentence (in the tab's
+        model line and the server's log) and the base model."""
+        from course_utils.topics.yolo import verify_recorded
+
+        self.detector_refused = ""
+        if not self.artefacts.detector.is_file():
+            return False
+        try:
+            verify_recorded(self.artefacts.detector)
+            return True
+        except CourseError as err:
+            self.detector_refused = str(err)
+            return False
 
     # ----------------------------------------------------------------------------------------- loaders
     def _load_chat(self) -> tuple[Any, Any]:
@@ -303,8 +334,12 @@ class Demo:
         from course_utils.topics.yolo import load_yolo, setup_ultralytics
 
         setup_ultralytics()  # offline, quiet, a local font: before Ultralytics is imported
-        if self.manager.specs["detector"].uses_artefact:
-            return load_yolo(str(self.artefacts.detector))
+        spec = self.manager.specs["detector"]
+        if spec.uses_artefact:
+            if self._detector_checked():  # again: the file may have changed since the app started
+                return load_yolo(str(self.artefacts.detector))
+            spec.uses_artefact, spec.source = False, self._specs()["detector"].source
+            print(f"detector: {spec.source}", flush=True)
         return load_yolo("yolov8n.yaml" if self.smoke else "yolov8n.pt")
 
     def _load_image(self) -> Any:
@@ -357,11 +392,7 @@ class Demo:
                     max_new_tokens: int | None = None) -> Iterator[str]:
         """The chat tab: the reply to ``message`` (after ``history``), a piece at a time."""
         message = check_prompt(message)
-        turns = [{"role": t["role"], "content": str(t["content"])} for t in (history or [])
-                 if isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)]
-        total = sum(len(t["content"]) for t in turns) + len(message)
-        while turns and total > 4 * MAX_PROMPT_CHARS:  # keep the context short: drop the oldest turns
-            total -= len(turns.pop(0)["content"])
+        turns = bounded_history(history)  # keep the context short: the last turns, user and assistant only
         yield from self._generate_text(turns + [{"role": "user", "content": message}], max_new_tokens)
 
     def chat(self, message: Any, history: list[dict[str, str]] | None = None) -> str:
@@ -492,6 +523,18 @@ def _sections(markdown: str) -> list[tuple[str, str]]:
     if "".join(lines).strip():
         parts.append((heading, "\n".join(lines).strip()))
     return parts
+
+
+def bounded_history(history: Any) -> list[dict[str, str]]:
+    """The turns of a chat history the model may see: user and assistant text only (a client cannot send a system
+    prompt), the last :data:`MAX_HISTORY_TURNS`, then the oldest dropped past :data:`MAX_HISTORY_CHARS` characters."""
+    turns = [{"role": t["role"], "content": t["content"]} for t in (history if isinstance(history, list) else [])
+             if isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)]
+    turns = turns[-MAX_HISTORY_TURNS:]
+    total = sum(len(t["content"]) for t in turns)
+    while turns and total > MAX_HISTORY_CHARS:
+        total -= len(turns.pop(0)["content"])
+    return turns
 
 
 def describe_error(err: BaseException) -> str:

@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -213,6 +214,9 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
         except (OSError, ValueError) as err:
             status, error = "failed", error or f"unreadable metrics file {metrics_file.name}: {err}"
     results = [] if status == NEEDS_GPU else check_targets(targets, metrics)
+    for result in results:  # recorded as None: the lesson could not measure it here (peak VRAM without a GPU)
+        if result.actual is None and result.metric in metrics:
+            result.note = "not measured"
     if status == NEEDS_GPU:  # list the targets anyway, with their source, as not reached
         results = [TargetResult(t.metric, t.op, t.value, None, False, t.source, "not run") for t in targets]
     if status == "passed" and not all(t.met for t in results):
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                         default=os.environ.get("SKIP_GPU", "") not in ("", "0"),
                         help="exit 0 even if lessons could not run for want of a GPU (also: SKIP_GPU=1). "
                              "Without it, a full run that skipped any lesson fails.")
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     if args.timeout is not None and args.timeout < 0:
         parser.error("--timeout must be 0 (no limit) or a number of seconds")
@@ -265,7 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     from course_utils.core.repro import environment_snapshot
 
+    from course_utils.runner import records
+
     env = environment_snapshot()
+    env["git_dirty"] = records.git_dirty()
+    command = ("" if "--mode" in argv else f"MODE={args.mode} ") + shlex.join(["course-run", *argv])
     print(f"Running {len(lessons)} lesson(s) in {args.mode} mode -> {out_dir}")
     results = []
     for i, path in enumerate(lessons, 1):
@@ -273,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         result = run_lesson(path, out_dir, args.mode, params, args.kernel, args.timeout)
         results.append(result)
         print(f"    {result.status} in {result.seconds:.1f} s" + (f" — {result.error}" if result.error else ""), flush=True)
-    _, md = write_report(results, out_dir, args.mode, env, args.skip_gpu_lessons)
+    _, md = write_report(results, out_dir, args.mode, env, args.skip_gpu_lessons, command, records.this_machine(env))
     print(md.read_text())
     bad = [r for r in results if r.status in ("failed", "missed target")]
     skipped = [r for r in results if r.status == NEEDS_GPU]

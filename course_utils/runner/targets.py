@@ -5,9 +5,17 @@ A lesson declares them in ``metadata.course.targets``::
     {"smoke": {"val_loss": ["<=", 2.1]},                      # [op, value]: checked on every smoke run
      "full":  {"val_loss": ["<=", 1.48, "estimate"]}}         # [op, value, source]
 
-``source`` says where a full-mode value comes from: ``"measured"`` (a run on a GPU confirmed it; the lesson's
-Results note says which) or ``"estimate"`` (expected, no run has confirmed it yet). A full target written without
-a source counts as an estimate.
+``source`` says where a full-mode value comes from: ``"measured"`` (a committed record in
+``benchmarks/measured/<lesson>.json`` names the run that met it: value, command, commit, date, machine; see
+:mod:`course_utils.runner.records`) or ``"estimate"`` (expected, no recorded run has confirmed it yet). A full target
+written without a source counts as an estimate.
+
+A quality target that a broken model could meet proves nothing, so a lesson computes the obvious baseline on the same
+held-out data in the same run and targets the margin over it: the metric ``<quality>_gain_over_<baseline>`` (a
+difference, higher is better: ``val_loss_gain_over_bigram = bigram_val_loss - val_loss``), ``>`` or ``>=`` a
+strictly positive margin, and the lesson records the baseline's own value too (``bigram_val_loss``)::
+
+    {"smoke": {"val_loss_gain_over_bigram": [">=", 0.1]}}
 """
 
 from __future__ import annotations
@@ -116,22 +124,28 @@ NON_NEGATIVE = re.compile(
 )
 #: Metric names of fractions in [0, 1]: `<= 1` or `>= 0` on them is always true.
 UNIT_INTERVAL = re.compile(
-    r"accuracy|recall|precision|(^|_)f1|mrr|(^|_)map|exact_match|match_rate|agreement|auc|hit_rate|_rate$|fraction"
+    r"accuracy|recall|precision|(^|_)f1|mrr|(^|_)map|exact_match|match_rate|_match$|agreement|auc|hit_rate|_rate$|fraction"
 )
 #: Names of differences that can go either way (a WER improvement, a gain, an R^2): `> 0` on them can fail.
 SIGNED = re.compile(r"improvement|gain|delta|change|drop|(^|_)r2|corr|margin|_vs_|log_?lik|reward")
 VRAM = re.compile(r"vram|peak_.*_gb|memory_gb|gpu_mem")
 CARD_GB = 12.0
+#: A margin over a baseline computed in the same run: ``<quality>_gain_over_<baseline>``.
+GAIN_OVER = re.compile(r"^(?P<quality>\w+?)_gain_over_(?P<baseline>[a-z0-9]+(?:_[a-z0-9]+)*)$")
+#: On a fraction, ``>= 1`` or ``>`` this is met only by (nearly) every case: a 0/1 flag in disguise.
+ALL_OR_NOTHING = 0.99
 
 
 def weak_targets(targets: dict, mode: str) -> list[str]:
     """Sentences naming each target in one mode that cannot fail (or is malformed); empty when all can fail.
 
-    Rules (issue 10): a target must be able to come out false in its mode —
+    Rules (issues 10 and 20): a target must be able to come out false in its mode —
     ``>``/``>=`` 0 (or less) on a quantity that cannot be negative; ``<=``/``<`` 1 (or more) and ``>=`` 0 on a
     fraction; ``<=``/``<`` the reference card's whole memory (12 GiB or more) on a VRAM metric; ``== 1`` / ``== True``
-    on a 0/1 flag (record the measurement the flag stands for: a rate, a difference, a speed-up); and, in full mode,
-    a target without its source ("estimate" or "measured").
+    on a 0/1 flag (record the measurement the flag stands for: a rate, a difference, a speed-up), and its disguise,
+    ``>= 1.0`` or ``> 0.99`` on a fraction; a ``<quality>_gain_over_<baseline>`` margin that is not ``>``/``>=``
+    a strictly positive number (0 or less ties the baseline); and, in full mode, a target without its source
+    ("estimate" or "measured"). Whether the lesson records the baseline is :func:`unrecorded_baselines`' job.
     """
     problems = []
     try:
@@ -160,6 +174,62 @@ def weak_targets(targets: dict, mode: str) -> list[str]:
         if t.op == "==" and (value is True or (isinstance(value, int) and value == 1)):
             problems.append(f"{where} checks a 0/1 flag the notebook sets itself; record the measurement it stands for "
                             "(a match rate, a max difference, a speed-up, a size ratio) and target that.")
+        elif bounded and UNIT_INTERVAL.search(name) and (
+                (t.op == ">=" and value >= 1) or (t.op == ">" and value >= ALL_OR_NOTHING)):
+            problems.append(f"{where} is a 0/1 flag in disguise: only a (nearly) perfect {t.metric} meets it. If the lesson "
+                            "asserts it, drop the target; otherwise target the measurement with room (a max difference, "
+                            "a rate that may miss a few).")
+        gain = GAIN_OVER.match(name)
+        if gain:
+            if t.op not in (">", ">="):
+                problems.append(f"{where}: a gain over the {gain['baseline']} baseline is higher when better; "
+                                "target it with > or >= a positive margin.")
+            elif value <= 0:
+                problems.append(f"{where} ties the baseline: a model no better than {gain['baseline']} meets it; "
+                                "target a strictly positive margin.")
+    return problems
+
+
+def recorded_names(source: str) -> set[str]:
+    """The metric names a code cell records: the keywords of its ``record(...)`` calls and, where one records
+    ``**mapping``, the keywords of the cell's ``dict(...)`` and ``.update(...)`` calls that build it."""
+    import ast
+
+    lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]  # IPython magics
+    try:
+        tree = ast.parse("\n".join(lines))
+    except SyntaxError:
+        return set()
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
+
+    def name_of(call: ast.Call) -> str:
+        func = call.func
+        return func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+
+    records = [call for call in calls if name_of(call) == "record"]
+    names = {kw.arg for call in records for kw in call.keywords if kw.arg}
+    if any(kw.arg is None for call in records for kw in call.keywords):  # record(**results)
+        names |= {kw.arg for call in calls if name_of(call) in ("dict", "update") for kw in call.keywords if kw.arg}
+    return names
+
+
+def unrecorded_baselines(targets: dict, recorded: set[str]) -> list[str]:
+    """Sentences naming each ``<quality>_gain_over_<baseline>`` target whose baseline the lesson does not record.
+
+    ``targets`` maps metric names to specs (one mode's targets, or both merged); ``recorded`` is every name the
+    lesson records (:func:`recorded_names` over its code cells). The baseline counts as recorded when a recorded name
+    that is not itself a margin contains its name as whole words (``bigram`` in ``bigram_val_loss``, ``zone_rate`` in
+    ``zone_rate_auc``)."""
+    problems = []
+    for metric in targets:
+        gain = GAIN_OVER.match(metric.lower())
+        if not gain:
+            continue
+        word = re.compile(rf"(^|_){re.escape(gain['baseline'])}(_|$)")
+        if not any(word.search(name.lower()) for name in recorded if not GAIN_OVER.match(name.lower())):
+            problems.append(f"target {metric!r} is a margin over the {gain['baseline']} baseline, but the lesson records "
+                            f"no {gain['baseline']} value: record the baseline's own score too "
+                            f"(e.g. {gain['baseline']}_{gain['quality']}).")
     return problems
 
 

@@ -11,7 +11,7 @@ it loads the hub id (and adds a fresh classification head, as it does for the re
     rows = read_sentiment_split("train")             # [{"text": ..., "label": 0 | 1}, ...]
 
 The sentences come from ``datasets/course/sentiment/`` (``make_sentiment.py`` wrote them; its test split uses
-held-out sentence frames and subjects).
+held-out sentence frames, made of words train has).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Smoke-mode stand-ins for lesson 11: a tiny LLaVA (CLIP vision tower + Llama language model, random weights) with
 the real ``LlavaProcessor`` built offline, and a generated visual-question-answering set of coloured shapes whose
-exact answers follow from what was drawn (used in both modes: it is the task the lesson's QLoRA learns).
+exact answers follow from what was drawn, every answer equally often (used in both modes: it is the task the lesson's
+QLoRA learns, and a model that ignores the picture can only score chance on it).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from course_utils.smoke.shapes import COLORS as _PALETTE
 from course_utils.smoke.shapes import SHAPES, draw_shape
 from course_utils.topics.vlm import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER
 
-TINY_VERSION = "v4"  # bump when the tiny model's recipe changes: a new cache folder is built
+TINY_VERSION = "v5"  # bump when the tiny model's recipe changes: a new cache folder is built
 TINY_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 16 image tokens (the real model: 24 x 24 = 576)
 
 
@@ -77,6 +78,13 @@ def build_tiny_llava(folder: str | Path, seed: int = 0) -> Path:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlavaForConditionalGeneration(config)
+    # Start the language model's attention near uniform. At the wide initialisation each position attends to one
+    # arbitrary token, and a smoke run's few LoRA steps cannot turn it towards the image: the model then learns the
+    # answers' frequencies and ignores the pixels. Near uniform, the answer position sees every patch from the start.
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "language_model" in name and name.endswith(("q_proj.weight", "k_proj.weight")):
+                param.mul_(0.1)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     with atomic_dir(folder) as tmp:
@@ -103,6 +111,15 @@ _TOKENIZER_TEXT = (
 COLORS = {name: _PALETTE[name] for name in ("red", "green", "blue", "yellow")}  # the colours questions ask about
 BACKGROUND = _PALETTE["white"]
 QUESTION_KINDS = ("color", "count", "position")
+#: Every answer a question kind can have. Each split cycles through them, so every answer is equally frequent and an
+#: answerer that ignores the image (the majority answer per question template) scores chance: 1/4, 1/4 and 1/2.
+ANSWERS = {"color": tuple(COLORS), "count": ("1", "2", "3", "4"), "position": ("left", "right", "top", "bottom")}
+TEMPLATES = {  # the question types: what a question says once the object it names is left out
+    "color": "What color is the {shape}?",
+    "count": "How many shapes are in the image?",
+    "left": "Is the {color} {shape} on the left or on the right?",
+    "top": "Is the {color} {shape} at the top or at the bottom?",
+}
 
 
 @dataclass(frozen=True)
@@ -116,13 +133,14 @@ class Shape:
 
 @dataclass(frozen=True)
 class ShapeQA:
-    """One image-question-answer triple; ``shapes`` is what was drawn."""
+    """One image-question-answer triple; ``shapes`` is what was drawn, ``template`` the question's type."""
 
     image: Any  # PIL.Image
     question: str
     answer: str
     kind: str  # color | count | position
     shapes: tuple[Shape, ...]
+    template: str = ""  # e.g. "What color is the {shape}?": the same for every question of one type
 
 
 def draw_scene(shapes: tuple[Shape, ...], image_size: int = 336) -> Any:
@@ -136,9 +154,9 @@ def draw_scene(shapes: tuple[Shape, ...], image_size: int = 336) -> Any:
     return image
 
 
-def _random_scene(rng: random.Random, image_size: int) -> tuple[Shape, ...]:
-    """1-4 shapes, one per quadrant, all (kind, colour) pairs different; shapes never touch."""
-    n = rng.randint(1, 4)
+def _random_scene(rng: random.Random, image_size: int, n: int | None = None) -> tuple[Shape, ...]:
+    """``n`` shapes (1-4 at random when None), one per quadrant, all (kind, colour) pairs different; they never touch."""
+    n = n or rng.randint(1, 4)
     cell = image_size // 2
     quadrants = rng.sample([(0, 0), (1, 0), (0, 1), (1, 1)], n)
     pairs = rng.sample([(k, c) for k in SHAPES for c in COLORS], n)
@@ -152,43 +170,53 @@ def _random_scene(rng: random.Random, image_size: int) -> tuple[Shape, ...]:
     return tuple(shapes)
 
 
-def _question(rng: random.Random, shapes: tuple[Shape, ...], kind: str, image_size: int) -> tuple[str, str] | None:
+def _side(s: Shape, image_size: int) -> tuple[str, str]:
+    return "left" if s.cx < image_size / 2 else "right", "top" if s.cy < image_size / 2 else "bottom"
+
+
+def _question(rng: random.Random, kind: str, answer: str, image_size: int,
+              max_shapes: int = 4) -> tuple[tuple[Shape, ...], str, str]:
+    """A scene and a question about it whose true answer is ``answer``: (shapes, question, template)."""
     if kind == "count":
-        return "How many shapes are in the image?", str(len(shapes))
-    if kind == "color":
-        unique = [s for s in shapes if sum(t.kind == s.kind for t in shapes) == 1]
-        if not unique:
-            return None  # e.g. two circles and two squares: "the circle" would be ambiguous
-        s = rng.choice(unique)
-        return f"What color is the {s.kind}?", s.color
-    s = rng.choice(shapes)
-    if rng.random() < 0.5:
-        return f"Is the {s.color} {s.kind} on the left or on the right?", "left" if s.cx < image_size / 2 else "right"
-    return f"Is the {s.color} {s.kind} at the top or at the bottom?", "top" if s.cy < image_size / 2 else "bottom"
+        return _random_scene(rng, image_size, int(answer)), TEMPLATES["count"], TEMPLATES["count"]
+    while True:  # draw scenes until one has an object the question can name unambiguously with that answer
+        shapes = _random_scene(rng, image_size, rng.randint(1, max_shapes))
+        if kind == "color":  # "the circle" must be the only circle
+            named = [s for s in shapes if s.color == answer and sum(t.kind == s.kind for t in shapes) == 1]
+            template = TEMPLATES["color"]
+        else:
+            named = [s for s in shapes if answer in _side(s, image_size)]
+            template = TEMPLATES["left" if answer in ("left", "right") else "top"]
+        if named:
+            s = rng.choice(named)
+            return shapes, template.format(shape=s.kind, color=s.color), template
 
 
-def generate_shape_qa(n: int, seed: int = 0, image_size: int = 336) -> list[ShapeQA]:
-    """``n`` examples, question kinds in turn (colour, count, position); the same ``seed`` gives the same examples."""
-    if n < 0 or image_size < 64:
-        raise BadParameter(f"need n >= 0 and image_size >= 64 (got n={n}, image_size={image_size}).")
+def generate_shape_qa(n: int, seed: int = 0, image_size: int = 336, max_shapes: int = 4,
+                      kinds: tuple[str, ...] = QUESTION_KINDS) -> list[ShapeQA]:
+    """``n`` examples about scenes of 1 to ``max_shapes`` shapes, question ``kinds`` in turn and each kind's answers in
+    turn (``ANSWERS``; counts up to ``max_shapes``): 12 examples of the three kinds hold every answer equally often, so
+    an answerer that ignores the image scores chance. The same ``seed`` gives the same examples."""
+    unknown = set(kinds) - set(QUESTION_KINDS)
+    if n < 0 or image_size < 64 or not 1 <= max_shapes <= 4 or unknown or not kinds:
+        raise BadParameter(f"need n >= 0, image_size >= 64, 1 <= max_shapes <= 4 and question kinds among "
+                           f"{QUESTION_KINDS} (got n={n}, image_size={image_size}, max_shapes={max_shapes}, kinds={kinds}).")
     rng = random.Random(seed)
     examples: list[ShapeQA] = []
-    while len(examples) < n:
-        kind = QUESTION_KINDS[len(examples) % len(QUESTION_KINDS)]
-        shapes = _random_scene(rng, image_size)
-        qa = _question(rng, shapes, kind, image_size)
-        if qa is None:
-            continue
-        examples.append(ShapeQA(draw_scene(shapes, image_size), qa[0], qa[1], kind, shapes))
+    for i in range(n):
+        kind = kinds[i % len(kinds)]
+        options = ANSWERS[kind][:max_shapes] if kind == "count" else ANSWERS[kind]
+        answer = options[i // len(kinds) % len(options)]
+        shapes, question, template = _question(rng, kind, answer, image_size, max_shapes)
+        examples.append(ShapeQA(draw_scene(shapes, image_size), question, answer, kind, shapes, template))
     return examples
 
 
-def make_shape_vqa(n_train: int = 48, n_test: int = 24, seed: int = 0,
-                   image_size: int = 336) -> tuple[list[ShapeQA], list[ShapeQA]]:
+def make_shape_vqa(n_train: int = 48, n_test: int = 24, seed: int = 0, image_size: int = 336, max_shapes: int = 4,
+                   kinds: tuple[str, ...] = QUESTION_KINDS) -> tuple[list[ShapeQA], list[ShapeQA]]:
     """A training split and a held-out split drawn from different random streams (no scene is in both)."""
-    train = generate_shape_qa(n_train, seed=2 * seed, image_size=image_size)
-    test = generate_shape_qa(n_test, seed=2 * seed + 1, image_size=image_size)
+    train = generate_shape_qa(n_train, 2 * seed, image_size, max_shapes, kinds)
+    test = generate_shape_qa(n_test, 2 * seed + 1, image_size, max_shapes, kinds)
     seen = {ex.shapes for ex in train}
     return train, [ex for ex in test if ex.shapes not in seen]
-
 

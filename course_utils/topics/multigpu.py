@@ -9,6 +9,7 @@ sentence naming the run and what happened.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -124,40 +125,94 @@ def load_sdxl_pipeline(smoke: bool, model_id: str = SDXL_ID, image_size: int = 6
         return StableDiffusionXLPipeline.from_pretrained(model_id, dtype=torch.float16, variant="fp16")
 
 
+#: How far each engine's loss may leave the single-process curve (max |difference| over the steps): in fp32 (``"no"``)
+#: the engines do the same arithmetic up to the order of float additions; in bf16 they round differently.
+CURVE_TOLERANCE = {"no": 1e-4, "bf16": 5e-2}
+
+
+def max_diff(reference: Sequence[float], losses: Sequence[float]) -> tuple[float, int]:
+    """The largest |difference| between two loss curves and its step (a NaN counts as the largest: no match)."""
+    diffs = [abs(a - b) for a, b in zip(reference, losses)]
+    step = max(range(len(diffs)), key=lambda i: math.inf if math.isnan(diffs[i]) else diffs[i], default=0)
+    return (diffs[step] if diffs else 0.0), step
+
+
+def curve_problems(runs: dict[str, dict], tolerance: float) -> list[str]:
+    """One sentence per engine whose loss curve leaves the single-process one (``runs["single"]``) by more than
+    ``tolerance`` or has another length, and one if the single process's loss did not fall (engines that match a
+    run that learned nothing prove nothing). Empty when every engine follows a curve that falls."""
+    single = runs["single"]["history"]["loss"]
+    problems = []
+    if not single:
+        problems.append("the single-process run recorded no loss.")
+    elif not single[-1] < single[0]:
+        problems.append(f"the single-process loss did not fall ({single[0]:.4f} -> {single[-1]:.4f}): check --lr and "
+                        "--max_steps before comparing engines with it.")
+    for engine, run in runs.items():
+        if engine == "single":
+            continue
+        losses = run["history"]["loss"]
+        if len(losses) != len(single):
+            problems.append(f"{engine}: {len(losses)} steps against the single process's {len(single)}.")
+            continue
+        diff, step = max_diff(single, losses)
+        if not diff <= tolerance:  # NaN fails too
+            problems.append(f"{engine}: its loss left the single-process curve by {diff:.2e} (step {step}), more than "
+                            f"the tolerance {tolerance:.0e}: same seed and global batch?")
+    return problems
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``make engines``: one process and each engine on the tiny GPT; loss max |diff| and per-rank shares."""
+    """``make engines``: one process and each engine on the tiny GPT; exits 1 when an engine's loss leaves the
+    single-process curve by more than the tolerance (or that curve does not fall). Prints loss max |diff| and per-rank
+    shares of what one process holds."""
     import argparse
     import json
     import tempfile
     from concurrent.futures import ThreadPoolExecutor
 
     parser = argparse.ArgumentParser(prog="python -m course_utils.topics.multigpu", description=main.__doc__)
-    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp", "zero2", "zero3"])
+    parser.add_argument("--engines", nargs="+", default=["ddp", "fsdp", "zero2", "zero3"],
+                        help="configs/accelerate/<name>.yaml to launch (default: ddp fsdp zero2 zero3)")
     parser.add_argument("--num_processes", type=int, default=2)
+    parser.add_argument("--max_steps", type=int, default=20)
+    parser.add_argument("--tolerance", type=float, default=CURVE_TOLERANCE["no"],
+                        help="largest loss |difference| from the single process allowed at any step (fp32: 1e-4)")
+    parser.add_argument("--output_dir", type=Path, default=None, help="where the runs go (default: a temp folder)")
     parser.add_argument("--timeout_s", type=float, default=900)
     args = parser.parse_args(argv)
-    out = Path(tempfile.mkdtemp(prefix="engines-"))
+    unknown = [e for e in args.engines if not (ACCELERATE_CONFIGS / f"{e}.yaml").is_file()]
+    if unknown:
+        parser.error(f"no config for {', '.join(unknown)} in {ACCELERATE_CONFIGS}: choose from "
+                     + ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml"))))
+    out = args.output_dir or Path(tempfile.mkdtemp(prefix="engines-"))
     text = REPO_ROOT / "datasets" / "course" / "tiny_corpus" / "lamplighter.txt"
     script = ["--text_file", text, "--n_layer", 2, "--n_head", 2, "--n_embd", 64, "--block_size", 32,
-              "--global_batch", 4 * args.num_processes, "--max_steps", 20, "--lr", 3e-3, "--warmup_steps", 2,
-              "--eval_interval", 10, "--eval_batches", 2]
+              "--global_batch", 4 * args.num_processes, "--max_steps", args.max_steps, "--lr", 3e-3,
+              "--warmup_steps", 2, "--eval_interval", max(1, args.max_steps // 2), "--eval_batches", 2]
 
     def run(engine: str) -> str:
         config = None if engine == "single" else engine
         return launch(accelerate_command(config, [*script, "--output_dir", out / engine], args.num_processes),
                       engine, timeout_s=args.timeout_s, echo=False)
 
-    with ThreadPoolExecutor(2) as pool:  # DeepSpeed builds its CPU op once: let it, before running engines in pairs
-        list(pool.map(run, ["single", *args.engines]))
-    runs = {name: json.loads((out / name / "metrics.json").read_text()) for name in ["single", *args.engines]}
+    names = ["single", *args.engines]
+    with ThreadPoolExecutor(len(names)) as pool:  # all at once: nothing is compiled, the runs only wait on each other
+        list(pool.map(run, names))
+    runs = {name: json.loads((out / name / "metrics.json").read_text()) for name in names}
     single, full = runs["single"]["history"]["loss"], runs["single"]["ranks"][0]
     for engine in args.engines:
-        diff = max(abs(a - b) for a, b in zip(single, runs[engine]["history"]["loss"]))
+        diff, _ = max_diff(single, runs[engine]["history"]["loss"])
         shares = [" ".join(f"{k.split('_')[0]} {r[k] / full[k]:.2f}" if r[k] is not None else f"{k.split('_')[0]} -"
                            for k in ("param_bytes", "grad_bytes", "optimizer_bytes")) for r in runs[engine]["ranks"]]
-        print(f"{engine:<6} {runs[engine]['engine']:<10} loss max |diff| vs one process {diff:.1e}; per rank: "
-              + " | ".join(shares))
-    return 0
+        print(f"{engine:<6} {runs[engine]['engine']:<10} loss max |diff| vs one process {diff:.1e}"
+              f" ({'ok' if diff <= args.tolerance else 'OFF'}); per rank: " + " | ".join(shares))
+    problems = curve_problems(runs, args.tolerance)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        print(f"every engine follows the single-process curve within {args.tolerance:.0e} ({out})")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":

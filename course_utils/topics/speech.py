@@ -202,12 +202,14 @@ def wer(references: Sequence[str], hypotheses: Sequence[str], normalize: bool = 
 
 @dataclass(frozen=True)
 class Clip:
-    """One utterance: its file, the text a person would write, its split, and the 16 kHz audio."""
+    """One utterance: its file, the text a person would write, its split, the 16 kHz audio, and who spoke it (the
+    line's ``speaker`` or ``voice``; None when transcripts.jsonl does not say)."""
 
     path: Path
     text: str
     split: str
     audio: Any
+    speaker: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -215,10 +217,11 @@ class Clip:
 
 
 def load_clips(folder: str | os.PathLike[str] | None = None, split: str | None = None) -> list[Clip]:
-    """Clips listed in ``folder/transcripts.jsonl`` (``{"file": ..., "text": ..., "split": "train"|"test"}``).
+    """Clips listed in ``folder/transcripts.jsonl`` (``{"file": ..., "text": ..., "split": "train"|"test"}``, and
+    optionally ``"speaker"``).
 
     ``folder=None`` is the course's clips (``datasets/course/speech_clips``, or under ``$COURSE_DATA``): 30 training
-    and 24 held-out sentences, split by sentence. Point it at your own folder of recordings in the same layout to
+    and 24 held-out sentences, split by sentence and by voice (their ``voice`` is the clip's speaker). Point it at your own folder of recordings in the same layout to
     fine-tune on your domain.
     """
     from course_utils.core.paths import data_dir
@@ -235,7 +238,7 @@ def load_clips(folder: str | os.PathLike[str] | None = None, split: str | None =
             row = json.loads(line)
             if split is None or row.get("split", "train") == split:
                 clips.append(Clip(folder / row["file"], row["text"], row.get("split", "train"),
-                                  load_audio(folder / row["file"])))
+                                  load_audio(folder / row["file"]), row.get("speaker", row.get("voice"))))
     if not clips:
         raise MissingData(f"{index} lists no clips{f' in split {split!r}' if split else ''}: add some lines to it.")
     return clips

@@ -5,6 +5,8 @@
   folder Ultralytics writes (settings, weights, datasets, runs) outside the repository's notebooks.
 - :func:`load_yolo` — ``*.yaml`` builds an architecture; ``yolov8n.pt`` is downloaded once and checked against its
   pinned sha256 *before* Ultralytics unpickles it.
+- :func:`record_sha256`, :func:`verify_recorded` — the lesson records the sha256 of the ``best.pt`` it trained
+  beside it (``best.pt.sha256``); the web demo (lesson 12) unpickles that file only if it still matches.
 - :func:`load_detection_data` — ``"shapes"`` (generated, :mod:`course_utils.smoke.yolo`), ``"african-wildlife"``
   (Ultralytics' 4-class set with train/val/test splits; the archive is checked before it is unpacked) or a
   learner's folder with a ``data.yaml``, checked with a clear error when its layout is wrong.
@@ -116,12 +118,14 @@ def load_yolo(weights: str) -> Any:
     A bare checkpoint name the course pins (``yolov8n.pt``) is downloaded once into the course's weights folder
     (not the current directory) and its sha256 checked *before* Ultralytics unpickles it — Ultralytics loads its
     checkpoints with ``torch.load(weights_only=False)``, which can run code, so only a file with the pinned digest
-    gets that far. Your own checkpoints (a path that exists) are loaded as they are.
+    gets that far (a file of that name in the current folder is not used instead). Your own checkpoints (any other
+    path that exists) are loaded as they are: load only files you made or checked (:func:`verify_recorded`).
     """
     from ultralytics import YOLO
 
     path = Path(weights)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    pinned = path.name in WEIGHTS and str(path) == path.name
+    if path.suffix in (".yaml", ".yml") or (path.exists() and not pinned):
         return YOLO(str(path))
     if path.suffix != ".pt" or path.parent != Path("."):
         raise BadParameter(f"Model {weights!r} not found; use a config such as 'yolov8n.yaml', a name such as "
@@ -137,16 +141,49 @@ def load_yolo(weights: str) -> Any:
     return YOLO(str(target))
 
 
+def record_sha256(path: str | os.PathLike[str]) -> str:
+    """Write ``<path>.sha256`` (``sha256sum``'s format), atomically, right after the file was made; return the digest.
+
+    Lesson 08 calls it on the ``best.pt`` it trained, so that what unpickles the file later (the web demo of lesson
+    12) can tell it is the same file: :func:`verify_recorded`.
+    """
+    path = Path(path)
+    digest = _sha256_now(path)
+    with atomic_write(_pin_record(path), "w") as out:
+        out.write(f"{digest}  {path.name}\n")
+    return digest
+
+
+def _sha256_now(path: Path) -> str:
+    """The file's sha256 read now (``file_hash`` memoises by size and time, which a swapped file can keep)."""
+    import hashlib
+
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def verify_recorded(path: str | os.PathLike[str]) -> Path:
+    """``path`` if its sha256 is the one recorded beside it by :func:`record_sha256`; else one sentence
+    (:class:`~course_utils.core.errors.MissingData` without a record, ``CorruptDownload`` when it differs)."""
+    path = Path(path)
+    record = _pin_record(path)
+    if not record.is_file():
+        raise MissingData(f"{path} has no recorded sha256 ({record.name}, written when lesson 08 saves it), so it is "
+                          "not unpickled: run lesson 08 again to train and record it.")
+    recorded = (record.read_text().split() or [""])[0]
+    if _sha256_now(path) != recorded:
+        raise CorruptDownload(f"{path} is not the file lesson 08 recorded (its sha256 differs from {record.name}), "
+                              "so it is not unpickled: run lesson 08 again, or delete the file.")
+    return path
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Real data: Ultralytics' African Wildlife (train / val / test) or a learner's folder
 # --------------------------------------------------------------------------------------------------------------
 def _first_download(url: str, dest: Path) -> str:
     """Trust on first use: fetch ``url`` with the course's downloader, record its sha256 beside it, return it."""
     download(url, dest, unpinned=True, timeout=300)
-    digest = file_hash(dest)
-    with atomic_write(_pin_record(dest), "w") as out:
-        out.write(f"{digest}  {dest.name}\n")
-    return digest
+    return record_sha256(dest)
 
 
 def _pin_record(archive: Path) -> Path:
@@ -173,10 +210,7 @@ def fetch_checked(url: str, dest: str | os.PathLike[str], sha256: str | None) ->
         verify(dest, sha256=recorded)
         return dest, recorded, "recorded"
     if dest.is_file():  # a file put there by hand, no record: record it now, as a first use
-        digest = file_hash(dest)
-        with atomic_write(record, "w") as out:
-            out.write(f"{digest}  {dest.name}\n")
-        return dest, digest, "first use"
+        return dest, record_sha256(dest), "first use"
     return dest, _first_download(url, dest), "first use"
 
 

@@ -3,11 +3,13 @@
 Short film-review sentences labelled 0 (negative) or 1 (positive), SST-2's labels and format:
 ``{"text": "the plot was really gripping .", "label": 1}``, one a line.
 
-The test split is built to mean something: its sentences use **sentence templates and review subjects that never
-occur in train** (e.g. "in my view the screenplay was dull ." while train only has frames like "the plot was dull ."),
-and intensity adverbs train never saw. A model that memorised training sentences scores at chance on it; one that
-learned which words carry sentiment, and that "not" flips it, scores well. The sentiment words themselves are shared:
-a model trained from scratch cannot know a word it has never seen (a pretrained one can — that is full mode's point).
+The test split is built to mean something: its sentences use **sentence frames that never occur in train** (e.g.
+"for me , the plot was so dull ." while train only has frames like "the plot was really dull ."), one in five of them
+negated in a frame of its own ("i would not say the plot was dull ."). A model that memorised training sentences
+scores poorly on it; one that learned which words carry sentiment, and that "not" flips it, scores well — and a
+bag of words, which cannot see where "not" is, cannot. The frames are new but their words are not: a model trained
+from scratch cannot know a word it has never seen (a pretrained one can — that is full mode's point), and lesson
+14 shows the test split holds no word that train lacks.
 
     python datasets/course/sentiment/make_sentiment.py    # writes train.jsonl (800) and test.jsonl (200)
 
@@ -48,22 +50,25 @@ SPLITS = {
             ("a {adv} {word} night out , thanks to {subj} .", False),
             ("{subj} was not {word} .", True),
             ("i did not think {subj} was {word} .", True),
+            ("i would say {subj} was {adv} {word} .", False),
+            ("i did not find {subj} {word} .", True),
+            ("{subj} was not {adv} {word} .", True),
+            ("we did not think {subj} was {adv} {word} .", True),
         ],
         "size": 800,
     },
-    "test": {  # held-out frames, subjects and adverbs
-        "subjects": ["the direction", "the screenplay", "the lead actor", "the score", "the special effects",
-                     "the finale", "the characters", "the editing"],
-        "adverbs": ["incredibly", "remarkably", "utterly"],
-        "templates": [
-            ("{subj} turned out {adv} {word} .", False),
-            ("in my view {subj} was {word} .", False),
-            ("{subj} felt {word} to me .", False),
-            ("i found {subj} {adv} {word} .", False),
-            ("i would not say {subj} was {word} .", True),
-        ],
-        "size": 200,
-    },
+}
+SPLITS["test"] = {  # held-out frames (a negated one among them), made of words train has
+    "subjects": SPLITS["train"]["subjects"],
+    "adverbs": SPLITS["train"]["adverbs"],
+    "templates": [
+        ("for me , {subj} was {adv} {word} .", False),
+        ("i found {subj} {adv} {word} .", False),
+        ("{subj} felt {word} to me .", False),
+        ("honestly , i thought {subj} was {word} .", False),
+        ("i would not say {subj} was {word} .", True),
+    ],
+    "size": 200,
 }
 
 

@@ -8,10 +8,12 @@ the clips and transcripts.jsonl are committed, so nothing else in the course nee
 `text` is how the domain writes it (QLoRA, bitsandbytes, VRAM, 4-bit); `spoken` is how a person says it. A general
 speech model hears "bits and bytes" and writes three words: that gap is what fine-tuning on your domain closes.
 
-The split is by SENTENCE: the 30 training sentences and the 24 held-out ("test") sentences share the domain's words
-but no sentence, and `check_split()` below refuses to write a set where a test sentence (after Whisper's text
-normaliser) is also a training one. Each clip's voice and speed are drawn from VOICES and SPEEDS with a seeded
-generator (SEED), and written to transcripts.jsonl beside the text, so the set can be remade exactly.
+The split is by SENTENCE and by VOICE: the 30 training sentences and the 24 held-out ("test") sentences share the
+domain's words but no sentence, and the held-out clips are spoken by voices no training clip uses, so the held-out WER
+measures what a new speaker saying new sentences would get. `check_split()` below refuses to write a set where a test
+sentence (after Whisper's text normaliser) is also a training one, or where a voice is in both lists. Each clip's voice
+and speed are drawn from its split's voices and SPEEDS with a seeded generator (SEED), and written to
+transcripts.jsonl beside the text, so the set can be remade exactly.
 
 jfk_16k.flac is not made here: it is a real recording (see README.md in this folder).
 """
@@ -32,7 +34,10 @@ sys.path.insert(0, str(HERE.parents[2]))  # the repository root, for course_util
 from course_utils.topics.speech import SAMPLE_RATE, load_audio, normalize_text  # noqa: E402
 
 SEED = 10  # picks each clip's voice and speed
-VOICES = ["en-us", "en-us+m2", "en-us+m3", "en-us+m4", "en-us+m5", "en-us+f2", "en-us+f3", "en-us+f4"]
+VOICES = {  # espeak-ng's American English with its voice variants; the held-out voices never speak a training clip
+    "train": ["en-us", "en-us+m2", "en-us+m3", "en-us+f2", "en-us+f3"],
+    "test": ["en-us+m4", "en-us+m5", "en-us+f4"],
+}
 SPEEDS = [175, 190, 205]  # words per minute
 PAD_S = (0.3, 0.2)  # silence before and after the speech: something for the voice-activity step to trim
 
@@ -98,7 +103,10 @@ TEST = [
 
 
 def check_split(train: list[tuple[str, str]], test: list[tuple[str, str]]) -> None:
-    """No held-out sentence may also be a training sentence (compared after Whisper's normaliser)."""
+    """No held-out sentence may also be a training sentence (compared after Whisper's normaliser), nor a held-out voice
+    a training voice."""
+    if set(VOICES["train"]) & set(VOICES["test"]):
+        raise SystemExit(f"voices in both splits: {sorted(set(VOICES['train']) & set(VOICES['test']))}")
     seen = {normalize_text(text) for text, _ in train}
     shared = [text for text, _ in test if normalize_text(text) in seen]
     if shared:
@@ -122,7 +130,7 @@ def main() -> None:
     rows = []
     for split, sentences in (("train", TRAIN), ("test", TEST)):
         for i, (text, spoken) in enumerate(sentences, start=1):
-            voice, wpm = VOICES[rng.integers(len(VOICES))], int(SPEEDS[rng.integers(len(SPEEDS))])
+            voice, wpm = VOICES[split][rng.integers(len(VOICES[split]))], int(SPEEDS[rng.integers(len(SPEEDS))])
             audio = speak(spoken, voice, wpm)
             voiced = np.flatnonzero(np.abs(audio) > 1e-3)
             audio = audio[voiced[0]: voiced[-1] + 1]
