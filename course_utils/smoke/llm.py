@@ -101,8 +101,9 @@ def build_tiny_llm(folder: str | os.PathLike[str], texts: Iterable[str] | None =
     settings = copy.deepcopy({**TINY_LLAMA_CONFIG, **config_overrides})  # LlamaConfig edits rope_scaling in place
     config = LlamaConfig(vocab_size=len(tokenizer), bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eom, eot],
                          **settings)
-    torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    with torch.random.fork_rng(devices=[]):  # same weights every build, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
     # the instruct models' sampling defaults (Llama 3.1: temperature 0.6, top-p 0.9), stopping at end of turn
     model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=[end, eom, eot],
                                                do_sample=True, temperature=0.6, top_p=0.9)

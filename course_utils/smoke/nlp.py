@@ -90,8 +90,9 @@ def build_tiny_bert(folder: str | os.PathLike[str], texts: Iterable[str] | None 
     texts = list(texts) if texts is not None else [row["text"] for row in read_sentiment_split("train")]
     tokenizer = train_wordpiece_tokenizer(texts)
     config = DistilBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, **TINY_BERT_CONFIG)
-    torch.manual_seed(seed)
-    model = DistilBertForMaskedLM(config)
+    with torch.random.fork_rng(devices=[]):  # same weights every build, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = DistilBertForMaskedLM(config)
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)

@@ -25,8 +25,9 @@ def tiny_cross_encoder_dir(seed: int = 0) -> Path:
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, max_position_embeddings=512, num_labels=1)
     config.course_random_weights = True
-    torch.manual_seed(seed)
-    model = BertForSequenceClassification(config)
+    with torch.random.fork_rng(devices=[]):  # same weights every build, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = BertForSequenceClassification(config)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

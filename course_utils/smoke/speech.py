@@ -117,8 +117,9 @@ def build_tiny_whisper(folder: str | os.PathLike[str], seed: int = 0) -> Path:
     tokenizer = build_whisper_tokenizer(folder)
     processor = WhisperProcessor(feature_extractor=WhisperFeatureExtractor(feature_size=80, chunk_length=TINY_WINDOW_S), tokenizer=tokenizer)
     config = tiny_whisper_config(len(tokenizer))
-    torch.manual_seed(seed)
-    model = WhisperForConditionalGeneration(config)
+    with torch.random.fork_rng(devices=[]):  # same weights every build, without touching the caller's RNG
+        torch.manual_seed(seed)
+        model = WhisperForConditionalGeneration(config)
     last = config.decoder_layers - 1
     model.generation_config = whisper_generation_config(
         tokenizer, alignment_heads=[[last, h] for h in range(config.decoder_attention_heads)])
