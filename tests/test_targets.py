@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from course_utils.runner.targets import literal_records, recorded_names, unrecorded_baselines, weak_targets
+from course_utils.runner.targets import (literal_records, recorded_names, repeated_asserts, unrecorded_baselines,
+                                        weak_targets)
 
 ROOT = Path(__file__).resolve().parent.parent
 LESSONS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -38,6 +39,7 @@ def _problems(path: Path) -> list[str]:
             recorded |= recorded_names("".join(cell["source"]))
     both = {**targets.get("smoke", {}), **targets.get("full", {})}
     problems += unrecorded_baselines(both, recorded)
+    problems += repeated_asserts(both, ["".join(c["source"]) for c in notebook["cells"] if c["cell_type"] == "code"])
     return problems
 
 
@@ -120,3 +122,13 @@ def test_recorded_names_follow_a_splatted_dict():
     cell = "results = dict(a=1, b=x)\nif gpu:\n    results.update(c=y)\ncu.record(**results, d=z)"
     assert recorded_names(cell) == {"a", "b", "c", "d"}
     assert recorded_names("cu.record(a=x)\nother = dict(b=1)") == {"a"}
+
+
+def test_a_target_that_repeats_an_assert_is_caught():
+    cells = ["rate = match(a, b)\nassert rate == 1.0 and a == b, 'the stream should equal the reply'",
+             "freed = released()\nassert freed is True",
+             "cu.record(stream_match_rate=rate, weights_released=float(freed), loss=round(loss, 3))"]
+    found = repeated_asserts({"stream_match_rate": [">=", 0.99], "weights_released": [">=", 0.5], "loss": ["<=", 2]},
+                             cells)
+    assert [p.split("'")[1] for p in found] == ["stream_match_rate", "weights_released"], found
+    assert not repeated_asserts({"stream_match_rate": [">=", 0.99]}, ["assert rate >= 0.5", cells[2]])

@@ -134,7 +134,7 @@ def meets(op: str, value: object, entry: dict) -> bool:
 def measured_problems(path: Path, folder: Path = RECORDS_DIR) -> list[str]:
     """One sentence for each full target of a lesson marked "measured" that no record backs (or whose record
     misses it, or lacks the command, commit, date or machine). Empty: every "measured" has its evidence."""
-    from course_utils.runner.run import lesson_meta
+    from course_utils.runner.lessons import lesson_meta
     from course_utils.runner.targets import parse_targets
 
     path = Path(path)
@@ -427,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
                 for path in apply_smoke_times():
                     print(f"updated {_shown(path)}")
         else:
-            from course_utils.runner.run import discover
+            from course_utils.runner.lessons import discover
 
             problems = [p for path in discover() for p in measured_problems(path)]
             print("\n".join(problems) or "every \"measured\" target has a record that meets it")

@@ -24,36 +24,13 @@ from pathlib import Path
 
 from course_utils.core.errors import BadParameter
 from course_utils.core.paths import REPO_ROOT
+from course_utils.runner.lessons import NOTEBOOKS, discover, lesson_meta  # noqa: F401 (re-exported)
 from course_utils.runner.params import check_overrides, lesson_parameters, parse_value  # noqa: F401 (re-exported)
 from course_utils.runner.report import NEEDS_GPU, LessonResult, summary_line, write_report  # noqa: F401
 from course_utils.runner.targets import OPS, BadTarget, TargetResult, check_targets, parse_targets  # noqa: F401
 
-NOTEBOOKS = REPO_ROOT / "notebooks"
 #: Seconds a single cell may run before the lesson is stopped and reported failed (``--timeout`` overrides).
 CELL_TIMEOUT_S = {"full": 1800, "smoke": 300}
-
-
-def discover(selection: list[str] | None = None, folder: Path = NOTEBOOKS) -> list[Path]:
-    """Lessons in order; ``selection`` items may be numbers ("02"), stems or paths."""
-    lessons = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
-    if not selection:
-        return lessons
-    chosen = []
-    for item in selection:
-        path = Path(item)
-        if path.suffix == ".ipynb" and path.exists():
-            chosen.append(path)
-            continue
-        matches = [p for p in lessons if p.stem == item or p.stem.split("_")[0] == item.zfill(2)]
-        if not matches:
-            names = ", ".join(p.stem for p in lessons)
-            raise SystemExit(f"course-run: no lesson called {item!r}. Lessons: {names}")
-        chosen.extend(matches)
-    return chosen
-
-
-def lesson_meta(path: Path) -> dict:
-    return json.loads(path.read_text()).get("metadata", {}).get("course", {})
 
 
 def _kernel_for(path: Path, override: str | None) -> str:

@@ -233,6 +233,50 @@ def unrecorded_baselines(targets: dict, recorded: set[str]) -> list[str]:
     return problems
 
 
+def asserted_exactly(sources: list[str]) -> dict[str, str]:
+    """Metric names the lesson both asserts to an exact value and records: ``{metric: "the assert"}``.
+
+    A cell that says ``assert rate == 1.0, ...`` (or ``== 0``, ``is True``) and a ``record(metric=rate)`` elsewhere:
+    a target on that metric can only ever see the one value the assert allows, so it repeats the check instead of
+    measuring (keep the assert, drop the target). ``sources`` are the lesson's code cells."""
+    import ast
+
+    exact: dict[str, str] = {}
+    records: dict[str, str] = {}
+    for source in sources:
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        try:
+            tree = ast.parse("\n".join(lines))
+        except SyntaxError:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Assert):
+                tests = node.test.values if isinstance(node.test, ast.BoolOp) and isinstance(node.test.op, ast.And) \
+                    else [node.test]
+                for test in tests:
+                    if (isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], (ast.Eq, ast.Is))
+                            and isinstance(test.comparators[0], ast.Constant) and isinstance(test.left, ast.Name)
+                            and isinstance(test.comparators[0].value, (bool, int, float))):
+                        exact[test.left.id] = ast.unparse(test)
+            elif isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+                if name == "record":
+                    for kw in node.keywords:
+                        value = kw.value.args[0] if (isinstance(kw.value, ast.Call) and ast.unparse(kw.value.func)
+                                                     in ("round", "float", "int") and kw.value.args) else kw.value
+                        if kw.arg and isinstance(value, ast.Name):
+                            records[kw.arg] = value.id
+    return {metric: exact[var] for metric, var in records.items() if var in exact}
+
+
+def repeated_asserts(targets: dict, sources: list[str]) -> list[str]:
+    """Sentences naming each target on a metric the lesson already asserts to one exact value."""
+    exact = asserted_exactly(sources)
+    return [f"target {metric!r} repeats the lesson's `assert {exact[metric]}`: it can only see that one value; keep "
+            "the assert (a check) and drop the target." for metric in targets if metric in exact]
+
+
 def literal_records(source: str) -> list[str]:
     """``cu.record(name=<literal>)`` calls in a code cell's source: a recorded constant proves nothing."""
     import ast
