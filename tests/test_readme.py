@@ -101,22 +101,25 @@ def test_smoke_time_is_the_recorded_one_everywhere(path):
 
 
 def test_readme_cartpole_figure_is_the_recorded_one():
-    """"500 ± 0 on 50 held-out seeds, measured on a CPU" in the README is lesson 15's record, machine included."""
+    """"a PPO agent that solves CartPole (500 ± 0 on 50 held-out seeds, measured on a CPU)" in the README is lesson 15's
+    record, for every agent the sentence names, machine included."""
     readme = (ROOT / "README.md").read_text()
-    claim = re.search(r"CartPole \((\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?) on (\d+) held-out seeds, measured on an? (CPU|GPU)\)",
-                      readme)
-    assert claim, "README's electives table should state lesson 15's CartPole figure as 'N ± S on K held-out seeds, measured on a CPU'"
+    claim = re.search(r"(PPO and DQN|PPO|DQN) agents? that solves? CartPole \((\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?) on (\d+) "
+                      r"held-out seeds, measured on an? (CPU|GPU)\)", readme)
+    assert claim, ("README's electives table should state lesson 15's CartPole figure as 'a PPO agent that solves CartPole "
+                   "(N ± S on K held-out seeds, measured on a CPU)'")
+    algos = claim.group(1).lower().split(" and ")
     entries = records.load("15_rl_stable_baselines3")
-    needed = [f"{algo}_test_return{part}" for algo in ("ppo", "dqn") for part in ("", "_std")] + ["test_episodes"]
+    needed = [f"{algo}_test_return{part}" for algo in algos for part in ("", "_std")] + ["test_episodes"]
     assert all(name in entries for name in needed), (
         f"README claims lesson 15's CartPole figure, but benchmarks/measured/15_rl_stable_baselines3.json does not "
         f"hold {', '.join(n for n in needed if n not in entries)}: run the lesson's Results cell's command and record it "
         "(python -m course_utils.runner.records write ... --lesson 15), or drop the figure from README")
-    for algo in ("ppo", "dqn"):
+    for algo in algos:
         mean, std = entries[f"{algo}_test_return"], entries[f"{algo}_test_return_std"]
-        assert f"{mean['value']:g}" == claim.group(1) and f"{std['value']:g}" == claim.group(2), (
-            f"README says {claim.group(1)} ± {claim.group(2)}; lesson 15's record of {algo.upper()} says "
+        assert f"{mean['value']:g}" == claim.group(2) and f"{std['value']:g}" == claim.group(3), (
+            f"README says {claim.group(2)} ± {claim.group(3)}; lesson 15's record of {algo.upper()} says "
             f"{mean['value']:g} ± {std['value']:g}")
-    assert int(claim.group(3)) == entries["test_episodes"]["value"]
-    on_gpu = bool(entries["ppo_test_return"]["machine"]["gpu"])
-    assert claim.group(4) == ("GPU" if on_gpu else "CPU"), "README names the wrong kind of machine for lesson 15's figure"
+    assert (claim.group(5) == "GPU") == all(entries[n]["machine"]["gpu"] is not None for n in needed), (
+        f"README says measured on a {claim.group(5)}; the record's machine says otherwise")
+    assert int(claim.group(4)) == entries["test_episodes"]["value"]
