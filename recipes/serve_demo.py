@@ -148,6 +148,7 @@ def check_message(message) -> str:
     return message
 
 
+# Copied from course_utils/demo/tabs.py (bounded_history; tests/test_demo.py checks the two stay the same)
 def bounded_history(history):
     """User and assistant turns only (no client-sent system prompt), the last MAX_HISTORY_TURNS, then the oldest
     dropped past MAX_HISTORY_CHARS characters."""
@@ -176,28 +177,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# Copied from course_utils/demo/app.py (FailedLogins)
 class FailedLogins:
-    """Failed logins per client address within a sliding window; wait_s() says how long a client must wait."""
+    """Failed logins per client address in a sliding window: :meth:`wait_s` says how long a client must wait."""
 
-    def __init__(self, limit=MAX_FAILED_LOGINS, window_s=FAILED_LOGIN_WINDOW_S):
-        self.limit, self.window_s, self.times = limit, window_s, {}
+    def __init__(self, limit: int = MAX_FAILED_LOGINS, window_s: float = FAILED_LOGIN_WINDOW_S):
+        self.limit, self.window_s = limit, window_s
+        self._times: dict[str, deque[float]] = {}
 
-    def _recent(self, client):
-        times = self.times.setdefault(client, deque())
+    def _recent(self, client: str) -> deque[float]:
+        times = self._times.setdefault(client, deque())
         while times and time.monotonic() - times[0] > self.window_s:
             times.popleft()
         return times
 
-    def fail(self, client):
-        if len(self.times) > 10_000:
-            self.times = {c: t for c, t in self.times.items() if self._recent(c)}
+    def fail(self, client: str) -> None:
+        if len(self._times) > 10_000:  # many addresses: forget those with nothing recent
+            self._times = {c: t for c, t in self._times.items() if self._recent(c)}
         self._recent(client).append(time.monotonic())
 
-    def wait_s(self, client):
+    def wait_s(self, client: str) -> float:
         times = self._recent(client)
         return self.window_s - (time.monotonic() - times[0]) if len(times) >= self.limit else 0.0
 
 
+# Adapted from course_utils/demo/app.py (LoginGate): the same gate, with the recipe's own messages
 class LoginGate:
     """ASGI middleware in front of the whole app: Gradio's session cookie, the Bearer password, or a path in
     OPEN_BEFORE_LOGIN; else 401. Too many failed logins (login form or Bearer): 429."""
