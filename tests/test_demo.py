@@ -415,6 +415,45 @@ def test_every_tab_over_the_gradio_api(server, wav, photo):
     assert not np.array_equal(first, other), "another seed should give another image"
 
 
+def test_two_requests_never_share_one_picture_file(server, photo):
+    """Gradio writes a returned picture in place to a file named by its content: the same photo detected twice at
+    once rewrote the file one browser was still reading, and it got 64 KiB of 147 (CI, 2026-12-07). Every request
+    must get a file of its own, whole, that a later request leaves alone."""
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    client = Client(server.url + "/", auth=("learner", server.password), verbose=False, download_files=False)
+    try:
+        first, _ = client.predict(handle_file(str(photo)), 0.0001, api_name="/detect")
+        served = Path(first["path"])
+        before = served.stat()
+        second, _ = client.predict(handle_file(str(photo)), 0.0001, api_name="/detect")
+        third, _ = client.predict(handle_file(str(photo)), "What is in this picture?", api_name="/ask_image")
+    finally:
+        client.close()
+    assert len({first["path"], second["path"]}) == 2, "two requests were handed the same file to share"
+    after = served.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), "a later request rewrote the file"
+    assert Image.open(served).size == Image.open(second["path"]).size == Image.open(third["path"]).size == (240, 320)
+
+
+def test_picture_files_are_whole_pngs_and_old_ones_are_removed(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from course_utils.demo.app import image_file
+
+    stale = tmp_path / "old.png"
+    stale.write_bytes(b"x")
+    os.utime(stale, (time.time() - 7200, time.time() - 7200))
+    fresh = tmp_path / "recent.png"
+    fresh.write_bytes(b"x")
+    pixels = np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3)
+    paths = {image_file(pixels, tmp_path), image_file(Image.fromarray(pixels), tmp_path)}
+    assert len(paths) == 2 and all(np.array_equal(np.asarray(Image.open(p)), pixels) for p in paths)
+    assert not stale.exists() and fresh.exists(), "files older than an hour go, newer ones stay"
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 
 

@@ -23,9 +23,11 @@ import json
 import os
 import re
 import secrets
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported anywhere
@@ -179,9 +181,36 @@ def _guard(fn: Callable) -> Callable:
     return wrapped
 
 
+def image_file(image: Any, folder: Path, keep_s: float = 3600.0) -> str:
+    """Write a picture the app returns to a file of its own, and give Gradio the path.
+
+    Given a picture, Gradio 6.31 writes it to a file named by its content, in place: two requests that return the same
+    picture (the same photo detected twice at once) rewrite that file while it is being sent, and one browser gets half
+    an image. Given a path, Gradio copies the file into its cache under a temporary name and renames it into place,
+    which is safe. Files in ``folder`` older than ``keep_s`` seconds are removed on the way.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for old in folder.glob("*.png"):
+        try:
+            if now - old.stat().st_mtime > keep_s:
+                old.unlink()
+        except FileNotFoundError:  # another request removed it first
+            pass
+    picture = image if isinstance(image, Image.Image) else Image.fromarray(image)
+    fd, path = tempfile.mkstemp(suffix=".png", dir=folder)
+    with os.fdopen(fd, "wb") as out:
+        picture.save(out, format="PNG")
+    return path
+
+
 def build_blocks(demo: Demo) -> Any:
     """The Gradio UI: one tab per lesson piece, each saying which model it uses."""
     import gradio as gr
+
+    pictures = Path(tempfile.gettempdir()) / f"course-demo-{os.getpid()}"  # see image_file
 
     def model_line(name: str) -> str:
         return f"**Model:** {demo.source(name)}"
@@ -207,13 +236,14 @@ def build_blocks(demo: Demo) -> Any:
         from course_utils.demo.tabs import read_image
 
         answer = demo.ask_image(upload, question)["answer"]
-        return read_image(upload), answer
+        return image_file(read_image(upload), pictures), answer
 
     def detect_fn(upload: Any, conf: float) -> tuple[Any, list]:
-        return demo.detect(upload, conf)
+        drawn, boxes = demo.detect(upload, conf)
+        return image_file(drawn, pictures), boxes
 
     def image_fn(prompt: str, seed: float, width: float, height: float) -> Any:
-        return demo.generate(prompt, seed=seed, width=int(width), height=int(height))
+        return image_file(demo.generate(prompt, seed=seed, width=int(width), height=int(height)), pictures)
 
     theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
                               font_mono=["ui-monospace", "Consolas", "monospace"])
