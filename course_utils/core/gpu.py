@@ -81,6 +81,22 @@ def _driver_version() -> str | None:
     return None
 
 
+def bf16_native(device: object = None) -> bool:
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def gpu_report(device_index: int = 0) -> GPUReport:
     """Describe the GPU PyTorch sees (or say clearly that there is none)."""
     import torch
@@ -93,7 +109,7 @@ def gpu_report(device_index: int = 0) -> GPUReport:
     cc = (props.major, props.minor)
     flash = cc >= (8, 0) and bool(getattr(torch.backends.cuda, "flash_sdp_enabled", lambda: False)())
     return GPUReport(
-        True, props.name, total / GIB, free / GIB, cc, torch.cuda.is_bf16_supported(),
+        True, props.name, total / GIB, free / GIB, cc, cc >= (8, 0),  # bf16_native's rule
         torch.__version__, torch.version.cuda, _driver_version(), sdpa, flash,
     )
 
