@@ -1,7 +1,13 @@
-"""Measure what the course's heavy full-mode configurations really need on a GPU capped at 12 GiB.
+"""Measure what the course's heavy full-mode configurations really need on a GPU capped to what a 12 GB card leaves.
 
 Real architectures built from their published config values with random weights (no download): memory and speed
 are real, accuracy is not claimed. Prints one JSON line per measurement and writes them all to --out.
+
+A "12 GB" card has 11.99 GiB in all (:data:`CARD_TOTAL_GIB`), and the CUDA context takes its share of that before
+PyTorch allocates anything. On a bigger card the script caps PyTorch's allocator at 11.99 GiB minus the context it
+measured, and also reads the device's used memory from NVML (what nvidia-smi shows: the context, PyTorch's pool and
+what bitsandbytes' paged optimizer and the CUDA libraries hold outside it), sampled for its peak: ``nvml_peak_gb``
+is this process's peak on the card, and ``fits_12gb_card`` says whether a real 12 GB card would have held it.
 
     python benchmarks/gpu_receipts.py --out receipts.json llm whisper sd
 """
@@ -12,6 +18,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -21,16 +28,70 @@ import torch  # noqa: E402
 
 from course_utils.core import memory  # noqa: E402
 
+from course_utils.core.gpu import bf16_native  # noqa: E402
 from course_utils.core.memory import GIB  # noqa: E402
-CAP_GB = 12.0
+
+#: All the memory a "12 GB" card has (an RTX 4070 Ti / 3060 12 GB reports 12,282 MiB), the CUDA context included.
+CARD_TOTAL_GIB = 11.99
+#: Free memory above which the random 8B checkpoint is built on the GPU (16 GB in bf16), else in CPU RAM.
+BUILD_ON_GPU_GIB = 20.0
 RESULTS: list[dict] = []
+
+
+class DeviceMemory:
+    """The card's used memory as NVML reports it (``torch.cuda.device_memory_used``: nvidia-smi's "used"), sampled in
+    a thread for its peak. ``baseline`` is what was in use before this process touched the card (other processes), so
+    :meth:`peak_gb` is this process's own peak: the CUDA context, PyTorch's pool and everything outside it."""
+
+    def __init__(self, read=None, interval_s: float = 0.002):
+        self.read = read or (lambda: torch.cuda.device_memory_used(0))  # an index: asks NVML, not CUDA
+        self.interval_s = interval_s
+        self.baseline = self.peak = self.read()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self.read())
+
+    def start(self) -> DeviceMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.peak = max(self.peak, self.read())
+
+    def reset(self) -> None:
+        self.peak = self.read()
+
+    def used_gb(self) -> float:
+        return (self.read() - self.baseline) / GIB
+
+    def peak_gb(self) -> float:
+        self.peak = max(self.peak, self.read())
+        return (self.peak - self.baseline) / GIB
+
+
+NVML: DeviceMemory | None = None  # set in main(), before the CUDA context exists
+CONTEXT_GIB = 0.0  # what the CUDA context (and CUDA's own buffers) took on the card, measured in main()
+
+
+def allocator_fraction(total_bytes: int, context_gib: float, card_gib: float = CARD_TOTAL_GIB) -> float:
+    """The share of this card PyTorch's allocator may use so that allocator + context stay within a ``card_gib`` card."""
+    return max(0.0, min(1.0, (card_gib - context_gib) * GIB / total_bytes))
 
 
 def cap_card() -> None:
     torch.cuda.empty_cache()
     total = torch.cuda.get_device_properties(0).total_memory
-    torch.cuda.set_per_process_memory_fraction(min(1.0, CAP_GB * GIB / total))
+    torch.cuda.set_per_process_memory_fraction(allocator_fraction(total, CONTEXT_GIB))
     torch.cuda.reset_peak_memory_stats()
+    if NVML is not None:
+        NVML.reset()
 
 
 def uncap() -> None:
@@ -40,21 +101,39 @@ def uncap() -> None:
 def emit(**row) -> None:
     row["peak_allocated_gb"] = round(torch.cuda.max_memory_allocated() / GIB, 2)
     row["peak_reserved_gb"] = round(torch.cuda.max_memory_reserved() / GIB, 2)
+    if NVML is not None:  # the whole process on the card: context + pool + paged and library buffers
+        row["nvml_peak_gb"] = round(NVML.peak_gb(), 2)
+        row["fits_12gb_card"] = row["nvml_peak_gb"] <= CARD_TOTAL_GIB
     RESULTS.append(row)
     print(json.dumps(row), flush=True)
 
 
+def amp(dtype: torch.dtype | None = None) -> tuple[torch.dtype, torch.amp.GradScaler]:
+    """The autocast dtype and its gradient scaler: bf16 where the card computes it natively (no scaler needed), else
+    fp16 with a GradScaler (fp16 gradients underflow without one). ``dtype`` forces one."""
+    dtype = dtype or (torch.bfloat16 if bf16_native(0) else torch.float16)
+    return dtype, torch.amp.GradScaler("cuda", enabled=dtype == torch.float16 and torch.cuda.is_available())
+
+
+def train_step(loss_fn, opt, dtype: torch.dtype, scaler, device_type: str = "cuda") -> torch.Tensor:
+    """One mixed-precision step: forward under autocast, backward and step through ``scaler`` (a no-op when disabled)."""
+    with torch.autocast(device_type, dtype=dtype):
+        loss = loss_fn()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+    opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
 def mean_step_seconds(loss_fn, opt, steps: int) -> float:
-    """Run ``steps`` bf16-autocast training steps; mean seconds per step, the first (warm-up) left out."""
+    """Run ``steps`` mixed-precision training steps (:func:`amp`); mean seconds per step, the first (warm-up) left out."""
+    dtype, scaler = amp()
     times = []
     for _ in range(steps):
         torch.cuda.synchronize()
         start = time.perf_counter()
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = loss_fn()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(loss_fn, opt, dtype, scaler)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return sum(times[1:]) / len(times[1:])
@@ -69,18 +148,23 @@ def llama_config():
                        eos_token_id=128009)
 
 
-def random_checkpoint(folder: Path) -> Path:
-    """Save a random Llama-3.1-8B-shaped checkpoint (bf16) once, so loading goes through from_pretrained."""
+def random_checkpoint(folder: Path, device: str | None = None) -> Path:
+    """Save a random Llama-3.1-8B-shaped checkpoint (bf16) once, so loading goes through from_pretrained.
+
+    Built in bf16 from the start (16 GB; fp32 would be 32 GB), on the GPU when it has room, else in CPU RAM."""
     from transformers import LlamaForCausalLM
 
     if (folder / "config.json").exists():
         return folder
-    uncap()
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(llama_config()).to(torch.bfloat16)
+    if device is None:
+        uncap()
+        device = "cuda" if torch.cuda.mem_get_info(0)[0] / GIB >= BUILD_ON_GPU_GIB else "cpu"
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(llama_config(), dtype=torch.bfloat16)
     model.save_pretrained(folder, max_shard_size="5GB")
     del model
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return folder
 
 
@@ -108,7 +192,7 @@ def bench_llm(workdir: Path) -> None:
         seconds = time.perf_counter() - start
         est = memory.estimate_inference_vram(shape, 4, seq_len=ctx + new)
         emit(lesson="05", what=f"Llama-3.1-8B nf4 generate, context {ctx} + {new}", tokens_per_s=round(new / seconds, 1),
-             estimate_gb=round(est.total_gb, 2))
+             estimate_gb=round(est.peak_vram_gb, 2), estimate_card_gb=round(est.total_gb, 2))
     # batch generation
     torch.cuda.reset_peak_memory_stats()
     ids = torch.randint(0, 128000, (8, 256), device="cuda")
@@ -116,7 +200,7 @@ def bench_llm(workdir: Path) -> None:
     model.generate(ids, max_new_tokens=64, min_new_tokens=64, do_sample=False)
     torch.cuda.synchronize()
     emit(lesson="05", what="Llama-3.1-8B nf4 batch 8 x (256 + 64)", tokens_per_s=round(8 * 64 / (time.perf_counter() - start), 1),
-         estimate_gb=round(memory.estimate_inference_vram(shape, 4, seq_len=320, batch_size=8).total_gb, 2))
+         estimate_gb=round(memory.estimate_inference_vram(shape, 4, seq_len=320, batch_size=8).peak_vram_gb, 2))
     del model
     torch.cuda.empty_cache()
     for prepare in (False, True):
@@ -144,7 +228,7 @@ def bench_qlora(ckpt: Path, quant, prepare: bool, seq: int = 2048, steps: int = 
     est = memory.estimate_training_vram(memory.LLAMA_3_1_8B, "qlora", seq_len=seq)
     emit(lesson="06", what=f"QLoRA 8B seq {seq} batch 1, r16 all-linear, ckpt, paged AdamW 8-bit"
          + (", prepare_model_for_kbit_training" if prepare else ", no fp32 upcast"),
-         tokens_per_s=round(seq / seconds, 1), estimate_gb=round(est.total_gb, 2))
+         tokens_per_s=round(seq / seconds, 1), estimate_gb=round(est.peak_vram_gb, 2), estimate_card_gb=round(est.total_gb, 2))
     del model, opt
     torch.cuda.empty_cache()
 
@@ -164,7 +248,7 @@ def bench_whisper(batch: int = 8, label_len: int = 128, steps: int = 4) -> None:
     labels = torch.randint(0, 50000, (batch, label_len), device="cuda")
     seconds = mean_step_seconds(lambda: model(input_features=feats, labels=labels).loss, opt, steps)
     n = sum(p.numel() for p in model.parameters())
-    emit(lesson="10", what=f"whisper-small fine-tune, batch {batch}, labels {label_len}, bf16 autocast, ckpt, AdamW",
+    emit(lesson="10", what=f"whisper-small fine-tune, batch {batch}, labels {label_len}, {amp()[0]} autocast, ckpt, AdamW",
          params_m=round(n / 1e6, 1), it_per_s=round(1 / seconds, 2))
     del model, opt
     torch.cuda.empty_cache()
@@ -223,6 +307,7 @@ def bench_sd(steps: int = 6) -> None:
     unet.enable_gradient_checkpointing()
     params = [p for p in unet.parameters() if p.requires_grad]
     opt = bnb.optim.AdamW8bit(params, lr=1e-4)
+    dtype, scaler = amp(torch.float16)  # diffusers' LoRA script in fp16: fp32 LoRA weights, a GradScaler
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     pixels = torch.randn(1, 3, 512, 512, device="cuda", dtype=torch.float16)
     ids = torch.randint(0, 49407, (1, 77), device="cuda")
@@ -236,15 +321,11 @@ def bench_sd(steps: int = 6) -> None:
         noise = torch.randn_like(latents)
         t = torch.randint(0, 1000, (1,), device="cuda")
         noisy = noise_sched.add_noise(latents, noise, t)
-        with torch.autocast("cuda", dtype=torch.float16):
-            pred = unet(noisy, t, cond).sample
-        loss = torch.nn.functional.mse_loss(pred.float(), noise.float())
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(lambda: torch.nn.functional.mse_loss(unet(noisy, t, cond).sample.float(), noise.float()),
+                   opt, dtype, scaler)
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    emit(lesson="09", what="SD 1.5 LoRA r8 training step 512px batch 1, fp16, ckpt, AdamW 8-bit",
+    emit(lesson="09", what="SD 1.5 LoRA r8 training step 512px batch 1, fp16 + GradScaler, ckpt, AdamW 8-bit",
          trainable_m=round(sum(p.numel() for p in params) / 1e6, 2), it_per_s=round(1 / (sum(times[1:]) / len(times[1:])), 2))
 
 
@@ -255,9 +336,22 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/receipts"))
     args = parser.parse_args()
     assert torch.cuda.is_available(), "this benchmark needs a CUDA GPU"
+    global NVML, CONTEXT_GIB
+    try:
+        NVML = DeviceMemory()  # before the context exists: the baseline is the other processes' memory
+    except Exception as err:  # no nvidia-ml-py: the allocator's figures only, and say so
+        print(json.dumps({"nvml": f"unavailable ({type(err).__name__}: {err}); nvml_peak_gb not measured"}), flush=True)
+    torch.empty(1, device="cuda")  # creates the CUDA context
     props = torch.cuda.get_device_properties(0)
-    header = {"gpu": props.name, "torch": torch.__version__, "cuda": torch.version.cuda, "cap_gb": CAP_GB,
-              "date": time.strftime("%Y-%m-%d")}
+    if NVML is not None:
+        CONTEXT_GIB = max(0.0, NVML.used_gb() - torch.cuda.memory_reserved(0) / GIB)
+        NVML.start()
+    else:
+        CONTEXT_GIB = memory.CUDA_CONTEXT_GB  # the estimator's figure
+    header = {"gpu": props.name, "torch": torch.__version__, "cuda": torch.version.cuda,
+              "card_total_gib": CARD_TOTAL_GIB, "cuda_context_gib": round(CONTEXT_GIB, 3),
+              "allocator_cap_gib": round(allocator_fraction(props.total_memory, CONTEXT_GIB) * props.total_memory / GIB, 3),
+              "nvml": NVML is not None, "date": time.strftime("%Y-%m-%d")}
     print(json.dumps(header), flush=True)
     args.workdir.mkdir(parents=True, exist_ok=True)
     for part in args.parts:

@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import queue
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+#: the longest wait for the next piece of the reply before the chat gives up on a generate() that stalled (seconds)
+STREAM_TIMEOUT_S = 120.0
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -36,6 +40,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prompt", default=None, help="one user message; without it, an interactive chat (empty line quits)")
     p.add_argument("--system", default="You are a concise, helpful assistant.", help="the system message")
     p.add_argument("--max_new_tokens", type=int, default=256, help="length limit of a reply (default 256)")
+    p.add_argument("--max_history_tokens", type=int, default=2048,
+                   help="the oldest turns of a long chat are dropped to keep its prompt under this many tokens (default "
+                        "2048: the KV cache grows with the history, and an 8 GB card holds ~2k tokens next to 4-bit 8B)")
     p.add_argument("--greedy", action="store_true", help="always take the most likely token (reproducible)")
     p.add_argument("--temperature", type=float, default=0.6, help="sampling temperature (default 0.6, Llama 3.1's)")
     p.add_argument("--top_p", type=float, default=0.9, help="nucleus sampling threshold (default 0.9)")
@@ -44,6 +51,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--use_cpu", action="store_true", help="run on the CPU even if a GPU is there (default: the GPU if any)")
     p.add_argument("--output_dir", default=None, help="write <output_dir>/metrics.json about the last reply")
     return p.parse_args(argv)
+
+
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def quantization_config(quantization: str, compute_dtype: Any) -> Any:
@@ -64,7 +86,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
 
     device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
     if device == "cuda":
-        dtype = compute = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = compute = torch.bfloat16 if bf16_native() else torch.float16
     else:  # weights stored in bf16 as on a GPU; 4-bit matmuls in fp32, because CPU bf16 matmuls are slow
         dtype, compute = torch.bfloat16, torch.float32
     tokenizer = AutoTokenizer.from_pretrained(args.model_name, revision=args.revision)
@@ -81,8 +103,33 @@ def load(args: argparse.Namespace) -> tuple[Any, Any, str]:
     return model, tokenizer, device
 
 
-def stream_reply(model: Any, tokenizer: Any, messages: list[dict], args: argparse.Namespace, out=sys.stdout) -> dict:
-    """Generate the assistant's next turn in a background thread and print it as it arrives."""
+class ChatError(RuntimeError):
+    """A reply that could not be generated, said in one sentence."""
+
+
+def prompt_tokens(tokenizer: Any, messages: list[dict]) -> int:
+    return len(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)["input_ids"])
+
+
+def bounded_messages(messages: list[dict], tokenizer: Any, max_tokens: int) -> list[dict]:
+    """The system message and the newest turns whose chat-template prompt fits ``max_tokens``: the oldest turns go
+    first, a user turn with the answer that followed it. The newest user message is always kept."""
+    system = [m for m in messages[:1] if m["role"] == "system"]
+    turns = messages[len(system):]
+    while len(turns) > 1 and prompt_tokens(tokenizer, system + turns) > max_tokens:
+        turns = turns[2:] if len(turns) > 2 else turns[-1:]
+    if prompt_tokens(tokenizer, system + turns) > max_tokens:
+        raise ChatError(f"The message alone is {prompt_tokens(tokenizer, system + turns)} tokens, over "
+                        f"--max_history_tokens {max_tokens}: shorten it or raise the limit.")
+    return system + turns
+
+
+def stream_reply(model: Any, tokenizer: Any, messages: list[dict], args: argparse.Namespace, out=sys.stdout,
+                 timeout_s: float = STREAM_TIMEOUT_S) -> dict:
+    """Generate the assistant's next turn in a background thread and print it as it arrives.
+
+    An error in the thread (e.g. the GPU running out of memory) ends the stream at once and is raised here as a
+    :class:`ChatError` sentence; so is a thread that sends nothing for ``timeout_s`` seconds."""
     import torch
     from transformers import TextIteratorStreamer
 
@@ -90,22 +137,41 @@ def stream_reply(model: Any, tokenizer: Any, messages: list[dict], args: argpars
                                            return_dict=True).to(model.device)
     sampling = (dict(do_sample=False, temperature=None, top_p=None) if args.greedy
                 else dict(do_sample=True, temperature=args.temperature, top_p=args.top_p))
-    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=timeout_s)
     result: dict = {}
     torch.manual_seed(args.seed)
-    worker = threading.Thread(target=lambda: result.update(ids=model.generate(
-        **inputs, streamer=streamer, max_new_tokens=args.max_new_tokens, repetition_penalty=args.repetition_penalty,
-        pad_token_id=tokenizer.pad_token_id, **sampling)))
+
+    def generate() -> None:
+        try:
+            result["ids"] = model.generate(
+                **inputs, streamer=streamer, max_new_tokens=args.max_new_tokens,
+                repetition_penalty=args.repetition_penalty, pad_token_id=tokenizer.pad_token_id, **sampling)
+        except BaseException as err:  # noqa: BLE001 - the caller says what happened
+            result["error"] = err
+            streamer.end()  # wake the reader now, not after the timeout
+
+    worker = threading.Thread(target=generate, daemon=True)
     start = time.perf_counter()
     worker.start()
     chunks, first = [], None
-    for chunk in streamer:
-        first = first if first is not None else time.perf_counter() - start
-        chunks.append(chunk)
-        print(chunk, end="", flush=True, file=out)
+    try:
+        for chunk in streamer:
+            first = first if first is not None else time.perf_counter() - start
+            chunks.append(chunk)
+            print(chunk, end="", flush=True, file=out)
+    except queue.Empty:
+        raise ChatError(f"generate() sent nothing for {timeout_s:g} s and was left running: restart the chat, with a "
+                        "shorter history or --max_new_tokens.") from None
     worker.join()
     seconds = time.perf_counter() - start
     print(file=out)
+    error = result.get("error")
+    if isinstance(error, torch.OutOfMemoryError):
+        raise ChatError(f"The GPU ran out of memory answering a {inputs['input_ids'].shape[1]}-token prompt: lower "
+                        "--max_history_tokens or --max_new_tokens, or start a new chat.") from None
+    if error is not None:
+        first_line = (str(error).splitlines() or [""])[0][:200]
+        raise ChatError(f"Generation failed ({type(error).__name__}: {first_line}).") from None
     prompt_tokens = inputs["input_ids"].shape[1]
     new_tokens = result["ids"].shape[1] - prompt_tokens
     return {"reply": "".join(chunks), "prompt_tokens": int(prompt_tokens), "new_tokens": int(new_tokens),
@@ -135,9 +201,15 @@ def main(argv: list[str] | None = None) -> dict:
         text = args.prompt if args.prompt is not None else input("\nyou> ").strip()
         if not text:
             break
-        messages.append({"role": "user", "content": text})
-        stats = stream_reply(model, tokenizer, messages, args)
-        messages.append({"role": "assistant", "content": stats["reply"]})
+        try:
+            asked = bounded_messages(messages + [{"role": "user", "content": text}], tokenizer, args.max_history_tokens)
+            stats = stream_reply(model, tokenizer, asked, args)
+        except ChatError as err:
+            if args.prompt is not None:
+                raise SystemExit(str(err)) from None
+            print(err, file=sys.stderr)  # the unanswered message is dropped; the chat goes on
+            continue
+        messages = asked + [{"role": "assistant", "content": stats["reply"]}]
         if args.prompt is not None:
             break
     if args.output_dir and stats:

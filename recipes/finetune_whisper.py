@@ -196,6 +196,33 @@ def save_model_atomic(model: Any, processor: Any, target: Path) -> None:
         raise
 
 
+def load_model(name: str, revision: str | None = None) -> tuple[Any, Any]:
+    """Whisper in fp32 master weights whatever the checkpoint stores, and its processor: the trainer's bf16/fp16 is
+    autocast on top (an fp16 checkpoint loaded as it is would train fp16 weights, which fp16's GradScaler refuses)."""
+    import torch
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    kwargs = {"revision": revision} if revision else {}
+    processor = WhisperProcessor.from_pretrained(name, **kwargs)
+    model = WhisperForConditionalGeneration.from_pretrained(name, dtype=torch.float32, **kwargs)
+    return model, processor
+
+
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 # -------------------------------------------------------------------------------------------------- main
 
 
@@ -204,24 +231,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import numpy as np
     import torch
     import transformers
-    from transformers import (Seq2SeqTrainer, Seq2SeqTrainingArguments, WhisperForConditionalGeneration,
-                              WhisperProcessor, set_seed)
+    from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, set_seed
 
     transformers.logging.set_verbosity_error()
     set_seed(args.seed)
     start = time.perf_counter()
     output_dir = Path(args.output_dir)
     cuda = torch.cuda.is_available() and not args.use_cpu
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and bf16_native()  # else fp16 autocast + GradScaler on a GPU (T4, RTX 20xx), fp32 on a CPU
     optim = args.optim
     if optim == "auto":
         import importlib.util
 
         optim = "adamw_bnb_8bit" if cuda and importlib.util.find_spec("bitsandbytes") else "adamw_torch"
 
-    kwargs = {"revision": args.revision} if args.revision else {}
-    processor = WhisperProcessor.from_pretrained(args.model_name_or_path, **kwargs)
-    model = WhisperForConditionalGeneration.from_pretrained(args.model_name_or_path, **kwargs)
+    model, processor = load_model(args.model_name_or_path, args.revision)
     model.to("cuda" if cuda else "cpu")
     processor.tokenizer.set_prefix_tokens(language=args.language, task=args.task, predict_timestamps=False)
     normalize = processor.tokenizer.normalize  # Whisper's EnglishTextNormalizer with the model's normalizer.json

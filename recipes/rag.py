@@ -373,15 +373,44 @@ def extractive_answer(retriever, question, context_ids, threshold):
     return ABSTAIN if similarity[best] < threshold else f"{candidates[best][1]} [{candidates[best][0]}]"
 
 
-def load_llm(name, load_in_4bit, bf16):
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+#: Hub commits the course pins (the same as course_utils' pins); another model's commit comes from its --*_revision flag.
+PINNED = {"Qwen/Qwen2.5-7B-Instruct": "a09a35458c702b33eeacc393d103063234e8bc28",
+          "sentence-transformers/all-MiniLM-L6-v2": "1110a243fdf4706b3f48f1d95db1a4f5529b4d41",
+          "cross-encoder/ms-marco-MiniLM-L6-v2": "233902d25c440f23af6f7d6e94d2946bac0bee0a"}
+
+
+def pinned(name, revision):
+    """The commit to load ``name`` at: the one given, else the course's pin (None for a local folder or another model,
+    which then loads the hub's "main")."""
+    return revision or PINNED.get(name)
+
+
+def load_llm(name, load_in_4bit, bf16, revision=None):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    dtype = torch.bfloat16 if bf16 else (torch.float16 if torch.cuda.is_available() else torch.float32)
+    # --bf16 where the card computes it natively; fp16 on older GPUs (never their emulated bf16); fp32 on a CPU
+    dtype = torch.bfloat16 if bf16 and bf16_native() else (torch.float16 if torch.cuda.is_available() else torch.float32)
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                       bnb_4bit_compute_dtype=dtype) if load_in_4bit else None
-    tokenizer = AutoTokenizer.from_pretrained(name)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, quantization_config=quantization,
+    revision = pinned(name, revision)
+    tokenizer = AutoTokenizer.from_pretrained(name, revision=revision)
+    model = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=dtype, quantization_config=quantization,
                                                  device_map="auto" if torch.cuda.is_available() else None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -418,6 +447,9 @@ def parse_args(argv=None):
                    help="optional cross-encoder (e.g. cross-encoder/ms-marco-MiniLM-L6-v2) reordering the candidates")
     p.add_argument("--llm", default="Qwen/Qwen2.5-7B-Instruct",
                    help="chat model that writes the answer (hub id or folder); 'none': extractive answer, no model")
+    p.add_argument("--llm_revision", default=None, help="hub commit of --llm (default: the course's pin for its model)")
+    p.add_argument("--embedder_revision", default=None, help="hub commit of --embedder (default: the course's pin)")
+    p.add_argument("--reranker_revision", default=None, help="hub commit of --reranker (default: the course's pin)")
     p.add_argument("--load_in_4bit", action="store_true", help="load the chat model in 4-bit NF4 (bitsandbytes)")
     p.add_argument("--bf16", action="store_true", help="compute in bfloat16 (Ampere or newer GPUs)")
     p.add_argument("--top_k", type=int, default=5, help="chunks in the prompt (default 5)")
@@ -446,7 +478,8 @@ def main(argv=None):
     start = time.perf_counter()
     docs = read_notes(args.notes)
     meta = index_meta(docs, args)
-    embedder = SentenceTransformer(args.embedder, device=args.device)
+    embedder = SentenceTransformer(args.embedder, device=args.device,
+                                   revision=pinned(args.embedder, args.embedder_revision))
     reused = index_is_current(args.index_dir, meta)
     if not reused:
         chunks = chunk_documents(docs, args.chunk_chars, args.chunk_overlap)
@@ -454,7 +487,8 @@ def main(argv=None):
     chunks, index = read_index(args.index_dir)
     print(f"{'reusing' if reused else 'built'} index {args.index_dir}: {len(docs)} files, {len(chunks)} chunks "
           f"({time.perf_counter() - start:.1f} s)")
-    cross_encoder = CrossEncoder(args.reranker, device=args.device) if args.reranker else None
+    cross_encoder = (CrossEncoder(args.reranker, device=args.device, revision=pinned(args.reranker, args.reranker_revision))
+                     if args.reranker else None)
     retriever = Retriever(chunks, index, embedder, cross_encoder, args.fusion_depth, args.rrf_k, args.rerank_candidates)
 
     if args.eval:
@@ -476,7 +510,7 @@ def main(argv=None):
         if args.llm.lower() == "none":
             answer = extractive_answer(retriever, args.question, context_ids, args.abstain_below)
         else:
-            model, tokenizer = load_llm(args.llm, args.load_in_4bit, args.bf16)
+            model, tokenizer = load_llm(args.llm, args.load_in_4bit, args.bf16, args.llm_revision)
             messages = build_messages(args.question, [chunks[i] for i in context_ids])
             answer = generate_answer(model, tokenizer, messages, args.max_new_tokens)
         print(f"\nQ: {args.question}\nA: {answer}\n\nSources:")

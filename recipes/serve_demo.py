@@ -75,13 +75,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def load(args):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
     cuda = torch.cuda.is_available()
     four_bit = args.load_in_4bit == "yes" or (args.load_in_4bit == "auto" and cuda)
-    dtype = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) if cuda else torch.float32
+    dtype = (torch.bfloat16 if bf16_native() else torch.float16) if cuda else torch.float32
     quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=dtype) if four_bit else None
     tokenizer = AutoTokenizer.from_pretrained(args.model, revision=args.revision)

@@ -11,7 +11,8 @@ schedule with label smoothing; the checkpoint is written atomically.
 ``--download`` uses torchvision's downloader, which checks the archive's MD5 and every file's MD5 on each load.
 ``--npz`` holds uint8 arrays ``x_train`` (N x 3 x 32 x 32, or N x 32 x 32 x 3), ``y_train`` (N), ``x_test``,
 ``y_test``; your own files are read as they are. Writes ``<output_dir>/model.pt`` (a ``state_dict`` for
-``resnet9(widths)``) and ``<output_dir>/metrics.json``. The test split is never trained on.
+``resnet9(widths)``: ``net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))``, since a
+checkpoint saved on a GPU holds CUDA tensors) and ``<output_dir>/metrics.json``. The test split is never trained on.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--widths", default="64,128,256,512", help="channels of the four ResNet-9 stages")
     p.add_argument("--no_augment", action="store_true", help="train without crop/flip/cutout")
     p.add_argument("--tta", action="store_true", help="also report accuracy with flip test-time augmentation")
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast precision (auto: bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -143,15 +144,44 @@ def load_arrays(args: argparse.Namespace):
 
 # ----------------------------------------------------------------------------------------------- train, eval
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def choose_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """``auto``: the GPU if there is one; else what was asked, e.g. ``cuda:1`` (the second GPU) or ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device PyTorch knows: use auto, cuda, cuda:1 or cpu.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} but PyTorch sees no GPU: use --device cpu.")
+    return name
 
 
 def choose_dtype(name: str, device: str) -> torch.dtype:
+    """auto: bf16 where the card computes it natively, fp16 (with a GradScaler) on older GPUs, fp32 on the CPU."""
+    on_gpu = torch.device(device).type == "cuda"
     if name == "auto":
-        if device != "cuda":
+        if not on_gpu:
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if bf16_native(device) else torch.float16
+    if name == "bf16" and on_gpu and not bf16_native(device):
+        raise SystemExit(f"--dtype bf16: the {torch.cuda.get_device_name(device)} has no native bf16 (compute "
+                         "capability below 8.0) and would emulate it slowly; use --dtype fp16 (or auto).")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
@@ -207,7 +237,8 @@ def main(argv=None) -> dict:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * steps_per_epoch,
                                                     pct_start=0.2, anneal_strategy="linear", cycle_momentum=False)
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    device_type = torch.device(device).type  # autocast and the scaler want "cuda", also for --device cuda:1
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     history = {"step": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
     train_seconds = 0.0
     for epoch in range(1, args.epochs + 1):
@@ -219,7 +250,7 @@ def main(argv=None) -> dict:
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
             images = x_train[idx] if args.no_augment else augment(x_train[idx])
             images = images.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = F.cross_entropy(model(images), y_train[idx], label_smoothing=args.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -227,8 +258,8 @@ def main(argv=None) -> dict:
             scaler.update()
             scheduler.step()
             loss_sum += loss.detach()
-        if device == "cuda":
-            torch.cuda.synchronize()
+        if device_type == "cuda":
+            torch.cuda.synchronize(device)
         train_seconds += time.perf_counter() - start
         test_acc, test_loss = evaluate(model, x_test, y_test, dtype)
         for key, value in zip(history, (epoch * steps_per_epoch, loss_sum.item() / steps_per_epoch, test_loss, test_acc)):

@@ -12,8 +12,9 @@ this file into your project and change what you need.
 the Planetoid release's files with its public split (20 labelled nodes a class, 500 validation, 1,000 test nodes).
 Any folder of files in that format works (``--dataset`` is then its name). Writes ``<output_dir>/metrics.json``
 (test accuracy per model and seed, their means, the majority-class baseline, link-prediction AUC) and
-``<output_dir>/gcn.pt`` (the first seed's best GCN: ``{"state_dict", "in_dim", "hidden", "classes"}``; rebuild with
-``build_model("gcn", ...)``). The test nodes and test edges are never used to choose anything.
+``<output_dir>/gcn.pt`` (the first seed's best GCN: ``{"state_dict", "in_dim", "hidden", "classes"}``; reload with
+``saved = torch.load(path, map_location="cpu", weights_only=True)`` — a checkpoint saved on a GPU holds CUDA tensors —
+and rebuild with ``build_model("gcn", saved["in_dim"], saved["hidden"], saved["classes"])``). The test nodes and test edges are never used to choose anything.
 """
 
 from __future__ import annotations

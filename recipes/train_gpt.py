@@ -3,7 +3,8 @@ in one file.
 
 Needs only PyTorch. The model is the lesson's (pre-norm decoder, RoPE or ALiBi, SDPA attention, tied embeddings, a KV
 cache for generation), trained the lesson's way: AdamW with decay on matrices only, linear warm-up then cosine decay,
-gradient clipping, bf16 autocast on a GPU. The last 10 % of the text is held out for the validation loss.
+gradient clipping, bf16 autocast on a GPU that computes it natively (fp16 and a gradient scaler on older ones). The
+last 10 % of the text is held out for the validation loss.
 
     python train_gpt.py --text_file input.txt --max_steps 5000 --output_dir out/gpt           # the lesson's full run
     python train_gpt.py --text_file notes.txt --max_steps 200 --n_layer 2 --n_head 2 --n_embd 64 \\
@@ -11,8 +12,8 @@ gradient clipping, bf16 autocast on a GPU. The last 10 % of the text is held out
 
 Writes ``<output_dir>/ckpt.pt`` (config, vocabulary, weights, step; written atomically, so a crash never leaves half a
 file), ``<output_dir>/metrics.json`` (losses at every evaluation, tokens/s) and ``<output_dir>/sample.txt``.
-Reload: ``ckpt = torch.load(path, weights_only=True); model = GPT(GPTConfig(**ckpt["config"]));
-model.load_state_dict(ckpt["model"])``.
+Reload: ``ckpt = torch.load(path, map_location="cpu", weights_only=True); model = GPT(GPTConfig(**ckpt["config"]));
+model.load_state_dict(ckpt["model"])`` (``map_location``: a checkpoint saved on a GPU holds CUDA tensors).
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ class CausalSelfAttention(nn.Module):
             k, v = cache.update(layer, k, v)  # prepend the keys/values of every earlier token
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None,
+        # no mask: causal among these T tokens (SDPA's built-in mask), or one new token that sees every cached key
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
         return self.resid_drop(self.proj(y))
@@ -228,11 +230,12 @@ class GPT(nn.Module):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
     def attention_mask(self, start: int, T: int) -> torch.Tensor | None:
-        """What queries at positions start..start+T-1 may see of keys 0..start+T-1. None means "plain causal"
-        (SDPA's built-in mask, the fastest kernels)."""
+        """What queries at positions start..start+T-1 may see of keys 0..start+T-1. None means no mask tensor: plain
+        causal from the start (SDPA's built-in mask, the fastest kernels), or a single new token during generation,
+        which sees every key (no mask to build and convert in every layer, for every token)."""
         if self.config.position == "alibi":  # additive: -slope x distance, -inf for the future
             return self.alibi[:, start:start + T, :start + T]
-        return None if start == 0 else self.causal[start:start + T, :start + T]
+        return None if start == 0 or T == 1 else self.causal[start:start + T, :start + T]
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
         B, T = idx.shape
@@ -300,9 +303,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--grad_clip", type=float, default=1.0, help="max gradient norm, 0 = off (default 1.0)")
     t.add_argument("--eval_interval", type=int, default=500, help="steps between loss estimates (default 500)")
     t.add_argument("--eval_iters", type=int, default=100, help="batches per loss estimate (default 100)")
-    t.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
+    t.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default: cuda if available)")
     t.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="autocast precision (auto: bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU)")
+                   help="autocast precision (auto: bf16 on cards that compute it natively, fp16 + GradScaler on older GPUs, "
+                        "fp32 on CPU)")
     t.add_argument("--seed", type=int, default=1337)
     s = p.add_argument_group("sampling after training")
     s.add_argument("--sample_tokens", type=int, default=500, help="characters to generate into sample.txt (0: none)")
@@ -317,15 +321,44 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def choose_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """``auto``: the GPU if there is one; else what was asked, e.g. ``cuda:1`` (the second GPU) or ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device PyTorch knows: use auto, cuda, cuda:1 or cpu.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} but PyTorch sees no GPU: use --device cpu.")
+    return name
 
 
 def choose_dtype(name: str, device: str) -> torch.dtype:
+    """auto: bf16 where the card computes it natively, fp16 (with a GradScaler) on older GPUs, fp32 on the CPU."""
+    on_gpu = torch.device(device).type == "cuda"
     if name == "auto":
-        if device != "cuda":
+        if not on_gpu:
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if bf16_native(device) else torch.float16
+    if name == "bf16" and on_gpu and not bf16_native(device):
+        raise SystemExit(f"--dtype bf16: the {torch.cuda.get_device_name(device)} has no native bf16 (compute "
+                         "capability below 8.0) and would emulate it slowly; use --dtype fp16 (or auto).")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
@@ -384,8 +417,10 @@ def main(argv=None) -> dict:
         y = torch.stack([d[s + 1:s + 1 + args.block_size] for s in starts])
         return x.to(device), y.to(device)
 
+    device_type = torch.device(device).type  # autocast and the scaler want "cuda", also for --device cuda:1
+
     def autocast():
-        return torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32)
+        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
 
     @torch.no_grad()
     def estimate_loss(model: GPT) -> dict[str, float]:
@@ -406,7 +441,7 @@ def main(argv=None) -> dict:
                        n_embd=args.n_embd, dropout=args.dropout, position=args.position)
     model = GPT(config).to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     batches = torch.Generator().manual_seed(args.seed)
     history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}

@@ -182,6 +182,21 @@ def save_adapter_atomically(model, output_dir):
     return names
 
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def main(argv=None):
     args = parse_args(argv)
     import torch
@@ -194,7 +209,8 @@ def main(argv=None):
     if not on_gpu:
         dtype = torch.float32
     else:
-        dtype = torch.bfloat16 if args.bf16 and torch.cuda.is_bf16_supported() else torch.float16
+        # --bf16 on a card that computes it natively; else fp16 with a gradient scaler (peft keeps the adapter in fp32)
+        dtype = torch.bfloat16 if args.bf16 and bf16_native() else torch.float16
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     train_set, eval_set = read_jsonl(args.dataset), read_jsonl(args.eval_dataset)
@@ -264,7 +280,7 @@ def main(argv=None):
         "exact_match_before": exact_match_before, "exact_match_after": exact_match_after,
         "exact_match_gain": exact_match_after - exact_match_before, "blind_exact_match": blind_exact_match,
         "exact_match_gain_over_blind": exact_match_after - blind_exact_match, "seconds": round(seconds, 2),
-        "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if on_gpu else None,
+        "peak_vram_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if on_gpu else None,
         "adapter_files": files, "predictions_after": predictions_after[:20],
     }
     write_json_atomically(output_dir / "metrics.json", metrics)

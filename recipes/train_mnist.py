@@ -7,8 +7,8 @@ atomic checkpoint are the lesson's; copy this file into your project and change 
     python train_mnist.py --npz digits.npz --epochs 5 --device cpu --output_dir out/mine     # your own arrays
 
 ``--npz`` holds uint8 arrays ``x_train`` (N x 28 x 28 or N x 1 x 28 x 28), ``y_train`` (N), ``x_test``, ``y_test``.
-Writes ``<output_dir>/model.pt`` (a ``state_dict``; reload with ``torch.load(path, weights_only=True)`` into
-``make_cnn(width)``) and ``<output_dir>/metrics.json`` (losses per epoch, test accuracy). The test split is never
+Writes ``<output_dir>/model.pt`` (a ``state_dict``; reload with ``torch.load(path, map_location="cpu",
+weights_only=True)`` into ``make_cnn(width)``: a checkpoint saved on a GPU holds CUDA tensors) and ``<output_dir>/metrics.json`` (losses per epoch, test accuracy). The test split is never
 trained on.
 """
 
@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule (default 3e-3)")
     p.add_argument("--weight_decay", type=float, default=1e-4, help="AdamW weight decay (default 1e-4)")
     p.add_argument("--width", type=int, default=32, help="channels of the first conv block (default 32)")
-    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda if available)")
+    p.add_argument("--device", default="auto", help="cuda, cuda:1, cpu or auto (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="autocast precision (auto: bf16 where supported, fp16 + GradScaler on older GPUs, fp32 on CPU)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -96,15 +96,44 @@ def load_arrays(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor, t
 
 # ----------------------------------------------------------------------------------------------- train, eval
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def choose_device(name: str) -> str:
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    """``auto``: the GPU if there is one; else what was asked, e.g. ``cuda:1`` (the second GPU) or ``cpu``."""
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        kind = torch.device(name).type
+    except RuntimeError:
+        raise SystemExit(f"--device {name!r} is not a device PyTorch knows: use auto, cuda, cuda:1 or cpu.") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name} but PyTorch sees no GPU: use --device cpu.")
+    return name
 
 
 def choose_dtype(name: str, device: str) -> torch.dtype:
+    """auto: bf16 where the card computes it natively, fp16 (with a GradScaler) on older GPUs, fp32 on the CPU."""
+    on_gpu = torch.device(device).type == "cuda"
     if name == "auto":
-        if device != "cuda":
+        if not on_gpu:
             return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if bf16_native(device) else torch.float16
+    if name == "bf16" and on_gpu and not bf16_native(device):
+        raise SystemExit(f"--dtype bf16: the {torch.cuda.get_device_name(device)} has no native bf16 (compute "
+                         "capability below 8.0) and would emulate it slowly; use --dtype fp16 (or auto).")
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
@@ -115,7 +144,7 @@ def evaluate(model, loader, device, dtype) -> tuple[float, float]:
     loss_sum, correct, seen = 0.0, 0, 0
     for images, labels in loader:
         images, labels = images.to(device), labels.to(device)
-        with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+        with torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32):
             logits = model(images).float()
         loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
         correct += (logits.argmax(1) == labels).sum().item()
@@ -156,7 +185,8 @@ def main(argv=None) -> dict:
     model = make_cnn(args.width).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=args.lr, total_steps=args.epochs * len(train_loader))
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    device_type = torch.device(device).type  # autocast and the scaler want "cuda", also for --device cuda:1
+    scaler = torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
     history = {"step": [], "train_loss": [], "test_loss": [], "test_accuracy": []}
     start = time.perf_counter()
     for epoch in range(1, args.epochs + 1):
@@ -164,7 +194,7 @@ def main(argv=None) -> dict:
         loss_sum, seen = torch.zeros((), device=device), 0
         for images, labels in train_loader:
             images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast(device_type=device, dtype=dtype, enabled=dtype != torch.float32):
+            with torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32):
                 loss = F.cross_entropy(model(images), labels)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()

@@ -224,7 +224,9 @@ def main(argv=None) -> dict:
     history["val_step"].append(args.max_steps)
     history["val_loss"].append(val_loss())
 
-    mine = torch.tensor([held["param_bytes"], held["grad_bytes"], held["optimizer_bytes"]], dtype=torch.long)
+    # a collective's tensors live on the accelerator's device: NCCL (every GPU engine) has no backend for CPU tensors
+    mine = torch.tensor([held["param_bytes"], held["grad_bytes"], held["optimizer_bytes"]], dtype=torch.long,
+                        device=accelerator.device)
     per_rank_bytes = [torch.zeros_like(mine) for _ in range(world)]
     if world > 1:
         dist.all_gather(per_rank_bytes, mine)

@@ -46,8 +46,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max_eval_samples", type=int, default=None, help="use only the first N eval conversations")
     p.add_argument("--output_dir", required=True, help="where the adapter, checkpoints and metrics.json go")
     p.add_argument("--load_in_4bit", action="store_true", help="QLoRA: store the frozen base in 4-bit NF4 (else 16-bit LoRA)")
-    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision and 4-bit compute (Ampere or newer GPUs); "
-                   "without it fp16 on a GPU. On a CPU the 4-bit layers compute in fp32 either way")
+    p.add_argument("--bf16", action="store_true", help="bf16 mixed precision and 4-bit compute on cards that compute "
+                   "bf16 natively (Ampere or newer); without it, or on older GPUs (T4, RTX 20xx), fp16 with a gradient "
+                   "scaler and the adapter in fp32. On a CPU the 4-bit layers compute in fp32 either way")
     p.add_argument("--gradient_checkpointing", action="store_true", help="recompute activations in the backward pass "
                    "(needed for 2048-token sequences on 12 GB)")
     p.add_argument("--lora_r", type=int, default=16, help="adapter rank (default 16)")
@@ -78,6 +79,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------ the pieces (lesson 06 builds the same)
 
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def pick_device(use_cpu: bool = False) -> str:
     import torch
 
@@ -85,12 +101,34 @@ def pick_device(use_cpu: bool = False) -> str:
 
 
 def compute_dtype_for(device: str, bf16: bool) -> Any:
-    """The 4-bit layers' matmul dtype: bf16 (or fp16) on a GPU, fp32 on a CPU, where bf16 matmuls are slow."""
+    """The 4-bit layers' matmul dtype: bf16 (with --bf16, on a card that computes it natively) or fp16 on a GPU;
+    fp32 on a CPU, where bf16 matmuls are slow."""
     import torch
 
     if device != "cuda":
         return torch.float32
-    return torch.bfloat16 if bf16 and torch.cuda.is_bf16_supported() else torch.float16
+    if bf16 and not bf16_native():
+        print(f"--bf16: the {torch.cuda.get_device_name()} has no native bf16 (compute capability below 8.0): "
+              "training in fp16 with a gradient scaler, the adapter in fp32")
+    return torch.bfloat16 if bf16 and bf16_native() else torch.float16
+
+
+# copy of course_utils.topics.llm.adapter_in_fp32_for_fp16 (tests/test_bf16_rule.py holds the two the same)
+def adapter_in_fp32_for_fp16(model: Any, compute_dtype: Any) -> int:
+    """Pre-Ampere QLoRA: fp16 compute, the LoRA weights in fp32, a gradient scaler. trl's SFTTrainer casts the
+    adapter of a 4-bit model to bf16 (the QLoRA paper's choice; trl/trainer/sft_trainer.py), and fp16 training's
+    GradScaler cannot unscale bf16 gradients (``"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for
+    'BFloat16'`` at the first step), so with fp16 the trainable weights go back to fp32. Returns how many moved."""
+    import torch
+
+    if compute_dtype != torch.float16:
+        return 0
+    moved = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+            moved += 1
+    return moved
 
 
 def bnb_config(compute_dtype: Any) -> Any:
@@ -234,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     trainer = SFTTrainer(model=model, args=sft_config(args, compute_dtype, device, steps, eval_dataset is not None),
                          train_dataset=train_dataset, eval_dataset=eval_dataset, processing_class=tokenizer,
                          callbacks=[counter])
+    adapter_in_fp32_for_fp16(trainer.model, compute_dtype)  # before train() builds the optimizer
     eval_before = trainer.evaluate()["eval_loss"] if eval_dataset is not None else None
     if eval_before is not None:
         print(f"eval loss before training: {eval_before:.4f}")

@@ -74,6 +74,21 @@ def noise_prediction_loss(unet, text_encoder, noise_scheduler, latents, input_id
     return F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
 
 
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 # ------------------------------------------------------------------ the script
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -140,6 +155,9 @@ def main(argv=None):
     if device == "cpu" and weight_dtype != torch.float32:
         print(f"no GPU: --mixed_precision {args.mixed_precision} ignored, training in fp32")
         weight_dtype = torch.float32
+    if weight_dtype == torch.bfloat16 and not bf16_native():
+        raise SystemExit(f"--mixed_precision bf16 needs a card that computes bf16 natively (compute capability 8.0+); "
+                         f"the {torch.cuda.get_device_name()} would emulate it slowly: use --mixed_precision fp16.")
     output_dir = Path(args.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -259,7 +277,7 @@ def main(argv=None):
         "lora_parameters": n_lora_params, "lora_file_bytes": lora_file.stat().st_size,
         "seconds": round(seconds, 2), "images_per_s": round(args.max_train_steps * args.gradient_accumulation_steps
                                                             * args.train_batch_size / seconds, 3),
-        "peak_vram_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if device == "cuda" else None,
+        "peak_vram_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if device == "cuda" else None,
         "history": history,
     }
     write_json_atomically(output_dir / "metrics.json", metrics)

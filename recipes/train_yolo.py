@@ -22,8 +22,10 @@ Offline and reproducible settings (Ultralytics reads the environment at import):
   YOLO_CONFIG_DIR=DIR  where Ultralytics keeps its settings and fonts. It downloads Arial.ttf before every plot unless
                        DIR/Ultralytics/Arial.ttf exists: --font PATH copies a TrueType font there (by default
                        matplotlib's DejaVuSans.ttf, when matplotlib is installed and no font is there yet)
-  --device cpu         mixed precision is off on the CPU (amp=False); on a GPU amp is on, and Ultralytics' AMP check
-                       downloads a small checkpoint once unless --no-amp
+  --device cpu         mixed precision is off on the CPU (amp=False); on a GPU it is bf16 where the card computes it
+                       natively (Ampere and newer), fp16 with a gradient scaler before that. Ultralytics' fp16 AMP check
+                       (which downloads and unpickles yolo26n.pt) is replaced by its list of cards with broken AMP; with
+                       several pre-Ampere GPUs ('0,1') Ultralytics trains in subprocesses that still run it: --no-amp
 Checkpoints: Ultralytics loads .pt files with torch.load(weights_only=False) (they pickle the model class, and
 unpickling can run code), so --model is checked before it is loaded, as the course's loader does: yolov8n.pt (a bare
 name) is fetched by Ultralytics into its weights folder without loading it and must have the digest pinned below
@@ -80,6 +82,56 @@ def parse_args(argv=None):
     p.add_argument("--font", default=None,
                    help="a .ttf to install as Ultralytics' Arial.ttf (default: matplotlib's DejaVuSans.ttf if none is there)")
     return p.parse_args(argv)
+
+
+# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+def bf16_native(device: object = None) -> bool:
+    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
+    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    if device is not None:
+        device = torch.device(device) if not isinstance(device, int) else torch.device("cuda", device)
+        if device.type != "cuda":
+            return False
+    return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+# copy of course_utils.topics.yolo.amp_check_offline and AMP_BROKEN_GPUS (tests/test_devices.py holds them the
+# same). Ultralytics' own list of GPUs whose mixed precision gives NaN losses or zero mAP (``check_amp`` in
+# ``ultralytics/utils/checks.py``; tests/test_devices.py checks it is still the pinned Ultralytics' pattern).
+AMP_BROKEN_GPUS = r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)"
+
+
+def amp_check_offline(model: Any) -> bool:
+    """Ultralytics' ``check_amp`` without its download: AMP stays on for a GPU unless Ultralytics lists the card as
+    one whose AMP is broken (GTX 16xx, some Quadro T-series), then training runs in fp32. Its other half, comparing a
+    downloaded ``yolo26n.pt``'s detections in fp32 and AMP, is what the course skips (an unpinned pickle)."""
+    import re
+
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type in {"cpu", "mps"}:
+        return False
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if re.search(AMP_BROKEN_GPUS, name, re.IGNORECASE):
+            print(f"AMP off: Ultralytics lists the {name} among the GPUs whose mixed precision gives NaN losses or "
+                  "zero mAP, so this run trains in fp32.")
+            return False
+    return True
+
+
+def amp_setting(device, amp=None):
+    """Ultralytics' ``amp`` for ``--device``: ``"bf16"`` where the (first) card computes bf16 natively, ``True``
+    (fp16 with a gradient scaler) on older GPUs, ``False`` on the CPU or with --no-amp."""
+    if amp is False or device == "cpu":
+        return False
+    first = str(device).split(",")[0].strip()
+    return "bf16" if bf16_native(int(first) if first.isdigit() else first) else True
 
 
 def file_sha256(path):
@@ -212,7 +264,10 @@ def main(argv=None):
         print("note: the data yaml has no test split; scoring on val, which also picked best.pt (optimistic)")
 
     device = args.device
-    amp = args.amp if args.amp is not None else device != "cpu"
+    amp = amp_setting(device, args.amp)
+    import ultralytics.engine.trainer as trainer_module
+
+    trainer_module.check_amp = amp_check_offline  # fp16's AMP check would download and unpickle an unpinned yolo26n.pt
 
     def score(network, split):
         validator = DetectionValidator(args=dict(data=str(clean_yaml), split=split, imgsz=args.imgsz, batch=args.batch,

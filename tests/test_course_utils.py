@@ -148,7 +148,7 @@ class FakeCuda:
 
 
 def test_track_peak_memory_resets_the_cuda_peak_and_drops_earlier_caches(monkeypatch):
-    monkeypatch.setattr(cu.gpu, "_LIFETIME_PEAK_VRAM_GB", [0.0, 0.0])
+    monkeypatch.setattr(cu.memory, "_LIFETIME_PEAK", [0.0, 0.0])
     fake = FakeCuda()
     monkeypatch.setattr(torch, "cuda", fake)
     with cu.track_peak_memory() as train:

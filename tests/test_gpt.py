@@ -47,6 +47,27 @@ def test_kv_cache_generates_identical_tokens(position, temperature, top_k):
     assert torch.equal(cached, uncached), f"{position}: the KV cache changed the generated tokens"
 
 
+def test_a_single_cached_token_builds_no_mask(monkeypatch):
+    """RoPE's one-token decode step passes SDPA no mask tensor (a boolean mask is converted to numbers in every layer,
+    for every token: more ops per token than recomputing without a cache) and no causal flag (one query sees every
+    cached key); the tokens stay those of the uncached path (test above)."""
+    import torch.nn.functional as F
+
+    model = tiny_model("rope")
+    calls, sdpa = [], F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, is_causal=False, **kwargs):
+        calls.append((q.shape[2], k.shape[2], attn_mask, is_causal))
+        return sdpa(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    model.generate(torch.randint(0, 23, (1, 5)), 4, temperature=0.0)
+    steps = [c for c in calls if c[0] == 1]
+    assert len(steps) == 3 * model.config.n_layer and all(k_len > 1 for _, k_len, _, _ in steps)
+    assert all(mask is None and not causal for _, _, mask, causal in steps), "a single new token needs no mask"
+    assert model.attention_mask(7, 1) is None and model.attention_mask(7, 2) is not None
+
+
 @pytest.mark.parametrize("position", POSITIONS)
 def test_kv_cache_logits_match_a_full_forward_pass(position):
     model = tiny_model(position)

@@ -223,9 +223,12 @@ def test_make_engines_exits_non_zero_when_an_engine_leaves_the_curve(monkeypatch
 
 def test_make_engines_trains_zero2_and_zero3_on_two_cpu_processes(tmp_path, capsys, monkeypatch):
     """DeepSpeed ZeRO-2 and ZeRO-3 for real (gloo, nothing compiled): the single-process loss curve within 1e-4, and
-    each rank holds what its stage splits: ZeRO-2 the whole fp32 weights, ZeRO-3 half of them."""
+    each rank holds what its stage splits: ZeRO-2 the whole fp32 weights, ZeRO-3 half of them. Every run goes through
+    tests/collective_guard.py: a collective given a tensor the recipe made without ``device=accelerator.device`` fails
+    the run, as NCCL would on GPUs (tests/test_collectives.py holds the guard to that)."""
     extensions = tmp_path / "torch_extensions"  # where DeepSpeed would build its CPU ops
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(extensions))
+    monkeypatch.setattr(multigpu, "RECIPE", Path(__file__).with_name("collective_guard.py"))
     start = time.monotonic()
     rc = multigpu.main(["--engines", "zero2", "zero3", "--max_steps", "4", "--output_dir", str(tmp_path),
                         "--timeout_s", "240"])
@@ -242,4 +245,4 @@ def test_make_engines_trains_zero2_and_zero3_on_two_cpu_processes(tmp_path, caps
         assert [r["optimizer_bytes"] / full["optimizer_bytes"] for r in run["ranks"]] == pytest.approx([0.75, 0.75],
                                                                                                        abs=0.01)
     assert not extensions.exists(), f"DeepSpeed compiled an op on CPU: {sorted(p.name for p in extensions.iterdir())}"
-    print(f"single + ZeRO-2 + ZeRO-3, 4 steps: {time.monotonic() - start:.0f} s")
+    print(f"single + ZeRO-2 + ZeRO-3, 4 steps, guarded: {time.monotonic() - start:.0f} s")

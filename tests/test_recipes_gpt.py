@@ -56,9 +56,12 @@ def test_recipe_trains_on_a_text_file_and_its_checkpoint_reloads(run_recipe, tmp
     assert not list(out.glob(".*.tmp")), "no temporary files may be left behind"
 
     recipe = load_recipe()
-    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
-    model = recipe.GPT(recipe.GPTConfig(**ckpt["config"]))
-    model.load_state_dict(ckpt["model"])
+    # the reload line the recipe documents, run as written (map_location: a GPU-saved checkpoint holds CUDA tensors)
+    reload_line = recipe.__doc__.split("Reload: ``", 1)[1].split("``", 1)[0].replace("\n", " ")
+    assert 'map_location="cpu"' in reload_line
+    namespace = {"torch": torch, "GPT": recipe.GPT, "GPTConfig": recipe.GPTConfig, "path": out / "ckpt.pt"}
+    exec(reload_line, namespace)  # noqa: S102
+    ckpt, model = namespace["ckpt"], namespace["model"]
     # the checkpoint also loads into the lesson's class: same parameter names and shapes
     lesson_model = gpt.GPT(gpt.GPTConfig(**ckpt["config"]))
     lesson_model.load_state_dict(ckpt["model"])
@@ -100,3 +103,15 @@ def test_recipe_refuses_a_text_too_short_for_its_context(tmp_path):
     proc = subprocess.run([sys.executable, str(RECIPE), "--text_file", str(short), "--max_steps", "1",
                            "--output_dir", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "too short" in proc.stderr
+
+
+@pytest.mark.parametrize("cc,want", [((7, 5), torch.float16), ((8, 9), torch.bfloat16)], ids=["T4", "RTX-4070-Ti"])
+def test_recipe_picks_bf16_only_where_the_card_computes_it(monkeypatch, cc, want):
+    """The course's bf16 rule (compute capability 8.0+, never emulation), for the first GPU and for --device cuda:1."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cc)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)  # emulation says yes
+    recipe = load_recipe()
+    assert recipe.choose_dtype("auto", "cuda") == want and recipe.choose_dtype("auto", "cuda:1") == want
+    assert recipe.choose_dtype("auto", "cpu") == torch.float32
+    assert recipe.choose_device("cuda:1") == "cuda:1"

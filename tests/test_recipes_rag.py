@@ -162,3 +162,12 @@ def test_recipe_help_explains_the_flags(run_recipe):
     out = run_recipe("rag.py", "--help").stdout
     for flag in ("--notes", "--question", "--embedder", "--llm", "--top_k", "--index_dir", "--eval"):
         assert flag in out
+
+
+def test_recipe_pins_the_courses_commits(recipe):
+    from course_utils.topics import llm
+
+    assert recipe["PINNED"] == {llm.UNGATED_MODEL_ID: llm.UNGATED_REVISION, rag.EMBEDDER_ID: rag.EMBEDDER_REVISION,
+                                rag.RERANKER_ID: rag.RERANKER_REVISION}
+    assert recipe["pinned"](rag.EMBEDDER_ID, None) == rag.EMBEDDER_REVISION
+    assert recipe["pinned"](rag.EMBEDDER_ID, "f" * 40) == "f" * 40 and recipe["pinned"]("./my_model", None) is None

@@ -295,7 +295,9 @@ def test_a_smoke_run_prints_no_warnings(lessons, tmp_path):
 
 # --- a lesson that dies or hangs -----------------------------------------------------------------------------
 def test_a_hanging_cell_is_stopped_and_the_run_goes_on(lessons, tmp_path):
-    hang = make_lesson(lessons, "01_hang", "import time\ntime.sleep(120)")
+    """...and what the lesson recorded before the stopped cell is in the report (lesson 15 records CartPole's figures
+    before Pong trains)."""
+    hang = make_lesson(lessons, "01_hang", "cu.record(before=3)\nimport time\ntime.sleep(120)", {"before": [">=", 3]})
     good = make_lesson(lessons, "02_good", "cu.record(x=2)", {"x": [">=", 1]})
     start = time.perf_counter()
     assert run.main([str(hang), str(good), "--mode", "smoke", "--out", str(tmp_path), "--timeout", "3"]) == 1
@@ -303,6 +305,7 @@ def test_a_hanging_cell_is_stopped_and_the_run_goes_on(lessons, tmp_path):
     data = json.loads(next(tmp_path.glob("*/report.json")).read_text())
     status = {item["lesson"]: item for item in data["lessons"]}
     assert status["01_hang"]["status"] == "failed" and "3 s limit" in status["01_hang"]["error"]
+    assert status["01_hang"]["metrics"]["before"] == 3 and status["01_hang"]["targets"][0]["met"]
     assert status["02_good"]["status"] == "passed"
 
 
@@ -325,12 +328,28 @@ def test_every_cell_gets_a_default_time_limit(lessons, tmp_path, monkeypatch):
 
     monkeypatch.setattr(papermill, "execute_notebook", fake_execute)
     path = make_lesson(lessons, "01_x", "pass")
+    nb = nbformat.read(path, as_version=4)
+    plain = nb.cells[1]
+    long = new_code_cell("train()", metadata={"course": {"time_s": 5400, "download_gb": 16}})
     run.run_lesson(path, tmp_path, "smoke", {}, progress=False)
-    assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["smoke"] == 300
+    assert seen["timeout_func"](plain) == seen["timeout_func"](long) == run.CELL_TIMEOUT_S["smoke"] == 300
     run.run_lesson(path, tmp_path, "full", {}, progress=False)
-    assert seen["execution_timeout"] == run.CELL_TIMEOUT_S["full"] == 1800
+    assert seen["timeout_func"](plain) == run.CELL_TIMEOUT_S["full"] == 1800
+    assert seen["timeout_func"](long) == 1800 + 2 * 5400 + 16_000 / 5  # 2x slower card, 16 GB at 5 MB/s
     run.run_lesson(path, tmp_path, "full", {}, timeout=60, progress=False)
-    assert seen["execution_timeout"] == 60
+    assert seen["timeout_func"](plain) == 60 and seen["timeout_func"](long) == 60 + 2 * 5400 + 16_000 / 5
+    run.run_lesson(path, tmp_path, "full", {}, timeout=0, progress=False)
+    assert seen["timeout_func"](plain) is None and seen["timeout_func"](long) is None
+
+
+def test_a_bad_cell_declaration_stops_the_run_in_one_sentence(lessons, tmp_path, capsys):
+    path = make_lesson(lessons, "01_x", "pass")
+    nb = nbformat.read(path, as_version=4)
+    nb.cells[1].metadata["course"] = {"time_s": "90 min"}
+    nbformat.write(nb, path)
+    assert run.main([str(path), "--mode", "full", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "01_x, cell 1: metadata.course.time_s must be a number >= 0, not '90 min'" in err and "Traceback" not in err
 
 
 def test_a_vram_figure_recorded_as_none_is_a_missed_target_not_measured(lessons, tmp_path, monkeypatch):
@@ -397,3 +416,38 @@ def test_kernels_started_together_get_private_socket_folders_of_their_own():
     assert folders[0] != folders[1], "two kernels share one socket folder"
     assert modes == [0o700, 0o700], f"socket folders must be private to the user, got {[oct(m) for m in modes]}"
     assert not any(f.exists() for f in folders), "a kernel's socket folder should be removed when it shuts down"
+
+
+def test_the_environment_snapshot_creates_no_cuda_context_in_the_runner(monkeypatch):
+    """On a GPU machine, asking PyTorch for the card's memory creates a CUDA context that would stay in course-run for
+    the whole run: the runner describes the GPU from a child process instead (faked here, with a faked card)."""
+    import subprocess as sp
+
+    import torch
+
+    touched = []
+
+    def cuda_call(name):
+        def call(*args, **kwargs):
+            touched.append(name)
+            raise AssertionError(f"torch.cuda.{name} called in the runner's process")
+        return call
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for name in ("mem_get_info", "get_device_properties", "init", "get_device_capability"):
+        monkeypatch.setattr(torch.cuda, name, cuda_call(name))
+    monkeypatch.setattr(run, "_nvidia_driver_present", lambda: True)
+    child = json.dumps({"gpu": "NVIDIA GeForce RTX 4070 Ti", "vram_gb": 11.99, "packages": {"torch": "2.14.1"}})
+
+    real_run = sp.run
+
+    def fake_run(cmd, **kwargs):  # the child's answer; git and uname run for real
+        if cmd[0] != sys.executable:
+            return real_run(cmd, **kwargs)
+        assert "environment_snapshot" in cmd[-1]
+        return sp.CompletedProcess(cmd, 0, stdout=child + "\n", stderr="")
+
+    monkeypatch.setattr(sp, "run", fake_run)
+    env = run.environment()
+    assert env["gpu"] == "NVIDIA GeForce RTX 4070 Ti" and env["vram_gb"] == 11.99
+    assert not touched and not torch.cuda.is_initialized()

@@ -275,3 +275,28 @@ def test_cifar_learners_own_files_skip_the_official_checksums(tmp_path):
     (folder / "data_batch_2").write_bytes(bytes(raw))  # edited by the learner: their files, their call
     assert not vd.cifar10_downloaded_by_course(tmp_path)
     assert len(vd.load_cifar10(smoke=False, data_dir=tmp_path, download=False).x_train) == 20
+
+
+@pytest.mark.parametrize("data_filter", [True, False], ids=["python-with-data-filter", "python-before-3.11.4"])
+def test_cifar_archive_is_unpacked_safely_on_every_python(tmp_path, monkeypatch, data_filter):
+    """tarfile's filter="data" exists from Python 3.10.12 / 3.11.4 on; before, the same rule is checked by hand:
+    a good archive unpacks, a member that points outside the folder stops it with one sentence."""
+    import io
+
+    if not data_filter:
+        monkeypatch.delattr(tarfile, "data_filter")
+    good = _fake_cifar_archive(tmp_path / "good" / "cifar-10-python.tar.gz", n_per_batch=2)
+    assert len(vd.load_cifar10(smoke=False, data_dir=good.parent, download=False).x_train) == 10
+    evil = tmp_path / "evil" / "cifar-10-python.tar.gz"
+    _fake_cifar_archive(evil, n_per_batch=2)
+    with tarfile.open(evil, "r:gz") as tar:
+        members = [(m, tar.extractfile(m).read() if m.isfile() else None) for m in tar.getmembers()]
+    with tarfile.open(evil, "w:gz") as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data) if data is not None else None)
+        outside = tarfile.TarInfo("../outside.txt")
+        outside.size = 4
+        tar.addfile(outside, io.BytesIO(b"evil"))
+    with pytest.raises(cu.MissingData, match="cannot be unpacked"):
+        vd.load_cifar10(smoke=False, data_dir=evil.parent, download=False)
+    assert not (evil.parent / "outside.txt").exists()

@@ -2,8 +2,9 @@
 
 The rules, in the order the course applies them when memory is short:
 
-1. Precision: bf16 where the card supports it (Ampere and newer: no loss scaling needed); fp16 with a GradScaler
-   on older cards; fp32 on the CPU (CPU half precision is slow and poorly supported).
+1. Precision: bf16 where the card computes it natively (compute capability 8.0, Ampere, and newer:
+   :func:`course_utils.core.gpu.bf16_native`; no loss scaling needed); fp16 with a GradScaler on older cards (T4,
+   RTX 20xx, GTX 16xx), never their emulated bf16; fp32 on the CPU (CPU half precision is slow and poorly supported).
 2. 7-8B language models load in 4-bit NF4 (weights ~5 GiB instead of ~15 GiB in 16-bit).
 3. Fine-tune large models with LoRA/QLoRA, never a full fine-tune on 12 GB.
 4. Gradient checkpointing on for LLM/diffusion training (trades ~30 % speed for most activation memory).
@@ -113,7 +114,8 @@ class SafeDefaults:
 
 
 def safe_defaults(task: Task, vram_gb: float | None = None, bf16: bool | None = None) -> SafeDefaults:
-    """Defaults for ``task`` on the current card (or on a card reporting ``vram_gb`` GiB, with/without ``bf16``).
+    """Defaults for ``task`` on the current card (or on a card reporting ``vram_gb`` GiB, with/without native ``bf16``:
+    ``None`` asks :func:`course_utils.core.gpu.bf16_native`, through ``gpu_report``).
 
     ``vram_gb=0`` means the CPU. The card is taken at its box size (a 12 GB card reports ~11.99 GiB and gets the
     12 GB plan); the plans are written for 8, 12, 16 and 24 GB boxes (:data:`_PLANS`). Micro-batches are powers of
@@ -137,10 +139,10 @@ def safe_defaults(task: Task, vram_gb: float | None = None, bf16: bool | None = 
         reasons.append("CPU: fp32 (half precision on a CPU is slow and poorly supported)")
     elif bf16:
         device, dtype, scaler = "cuda", "bfloat16", False
-        reasons.append("bf16: supported by this card, same range as fp32 so no loss scaling")
+        reasons.append("bf16: native on this card (compute capability 8.0+), same range as fp32 so no loss scaling")
     else:
         device, dtype, scaler = "cuda", "float16", True
-        reasons.append("fp16 + GradScaler: this card has no bf16")
+        reasons.append("fp16 + GradScaler: this card has no native bf16 (compute capability below 8.0)")
     four_bit = task in _FOUR_BIT_TASKS
     if box <= 0:
         micro, seq = _PLANS[task][12]

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from course_utils.core.errors import SMOKE_HINT, NeedsGPU
-from course_utils.core.memory import GIB
+from course_utils.core.memory import GIB, lifetime_vram_peak, release_library_references, vram_peak
 
 
 
@@ -39,7 +39,8 @@ class GPUReport:
     def rows(self) -> list[tuple[str, str]]:
         if not self.cuda_available:
             return [
-                ("device", "CPU only (no CUDA GPU visible to PyTorch)"),
+                ("device", "CPU only (no CUDA GPU visible to PyTorch)" if not self.driver_version
+                 else f"CPU only ({_no_gpu_reason(self)})"),
                 ("torch", self.torch_version),
                 ("python", self.python_version),
                 ("what you can run", "every lesson in smoke mode; full mode needs a GPU"),
@@ -69,6 +70,17 @@ def _yes(flag: bool) -> str:
 
 
 def _driver_version() -> str | None:
+    """The NVIDIA driver's version ("580.95.05") from NVML, else nvidia-smi; None where there is no NVIDIA driver.
+    Neither creates a CUDA context."""
+    with contextlib.suppress(Exception):
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetDriverVersion()
+            return version.decode() if isinstance(version, bytes) else str(version)
+        finally:
+            pynvml.nvmlShutdown()
     with contextlib.suppress(Exception):
         import subprocess
 
@@ -79,6 +91,83 @@ def _driver_version() -> str | None:
         if out.returncode == 0 and out.stdout.strip():
             return out.stdout.strip().splitlines()[0]
     return None
+
+
+#: The oldest NVIDIA driver each CUDA major version runs on (minor-version compatibility: CUDA 13.x needs 580 or newer,
+#: 12.x 525, 11.x 450; on WSL2 it is the Windows driver that counts).
+MIN_DRIVER_FOR_CUDA = {13: 580, 12: 525, 11: 450}
+
+
+def _no_gpu_reason(report: GPUReport) -> str:
+    """Why PyTorch sees no GPU, in one clause: a CPU-only PyTorch, an NVIDIA driver too old for its CUDA, or none."""
+    if report.driver_version and report.cuda_version is None:
+        return (f"PyTorch sees no GPU: this torch {report.torch_version} is a CPU-only build although the NVIDIA driver "
+                f"{report.driver_version} is installed (reinstall the course's environment)")
+    if report.driver_version and report.cuda_version:
+        with contextlib.suppress(ValueError):
+            driver = int(report.driver_version.split(".")[0])
+            needed = MIN_DRIVER_FOR_CUDA.get(int(report.cuda_version.split(".")[0]))
+            if needed and driver < needed:
+                return (f"PyTorch sees no GPU because the NVIDIA driver {report.driver_version} is too old for its CUDA "
+                        f"{report.cuda_version}, which needs driver {needed} or newer (on WSL2: update the Windows driver)")
+        return (f"PyTorch sees no GPU although the NVIDIA driver {report.driver_version} is installed "
+                "(check CUDA_VISIBLE_DEVICES and that `nvidia-smi` lists the card)")
+    return "PyTorch sees no GPU"
+
+
+def build_serves(compute_capability: tuple[int, int]) -> bool:
+    """Whether this PyTorch build has kernels a card of ``compute_capability`` can run, by PyTorch's own rule
+    (``torch.cuda.get_arch_list()``: the pinned torch 2.14.1+cu130 has sm_75 to sm_120, so not a GTX 10xx's 6.1)."""
+    import warnings
+
+    import torch
+
+    arch_list = torch.cuda.get_arch_list()
+    if not arch_list:  # a CPU-only or unusual build says nothing: let the card try
+        return True
+    device_cc = 10 * compute_capability[0] + compute_capability[1]
+    compatible = getattr(torch.cuda, "_code_compatible_with_device", None)
+    codes = [_arch_number(arch) for arch in arch_list]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyTorch warns about architectures it does not know
+        if compatible is not None:
+            return any(compatible(device_cc, code) for code in codes)
+    return any(code // 10 == device_cc // 10 and code <= device_cc for code in codes)
+
+
+def _arch_number(arch: str) -> int:
+    """``"sm_75"`` -> 75, ``"compute_120"`` -> 120, ``"sm_90a"`` -> 90."""
+    return int(arch.split("_", 1)[1].rstrip("af"))
+
+
+def _unsupported_card_reason(report: GPUReport) -> str | None:
+    """One sentence when this PyTorch build has no kernels for the card, else None."""
+    if report.compute_capability is None or build_serves(report.compute_capability):
+        return None
+    import torch
+
+    archs = [a for a in torch.cuda.get_arch_list() if a.startswith("sm_")]
+    oldest = min(archs, key=_arch_number) if archs else "?"
+    cc = ".".join(map(str, report.compute_capability))
+    return (f"{report.device_name} (compute capability {cc}) cannot run this PyTorch {report.torch_version}: it has "
+            f"kernels for {oldest} (compute capability {oldest[3:-1]}.{oldest[-1:]}) and newer only "
+            f"({' '.join(torch.cuda.get_arch_list())}), so full mode needs an RTX 20xx / GTX 16xx or newer card.")
+
+
+def device_type(device: object) -> str:
+    """``"cuda"`` for ``"cuda"``, ``"cuda:1"``, ``torch.device("cuda", 1)`` or a GPU index; ``"cpu"`` for the CPU:
+    what ``torch.autocast(device_type=...)`` and ``device == "cuda"`` tests need. A name PyTorch does not know is
+    one sentence."""
+    import torch
+
+    if isinstance(device, int):
+        return "cuda"
+    try:
+        return torch.device(device).type
+    except (RuntimeError, TypeError):
+        from course_utils.core.errors import BadParameter
+
+        raise BadParameter(f"device={device!r} is not a device PyTorch knows; use 'cuda', 'cuda:1' or 'cpu'.") from None
 
 
 def bf16_native(device: object = None) -> bool:
@@ -102,27 +191,35 @@ def gpu_report(device_index: int = 0) -> GPUReport:
     import torch
 
     sdpa = hasattr(torch.nn.functional, "scaled_dot_product_attention")
-    if not torch.cuda.is_available():
-        return GPUReport(False, "cpu", 0.0, 0.0, None, False, torch.__version__, None, None, sdpa, False)
+    if not torch.cuda.is_available():  # the driver and CUDA versions say why (require_gpu's message)
+        return GPUReport(False, "cpu", 0.0, 0.0, None, False, torch.__version__, torch.version.cuda, _driver_version(),
+                         sdpa, False)
     props = torch.cuda.get_device_properties(device_index)
     free, total = torch.cuda.mem_get_info(device_index)
     cc = (props.major, props.minor)
     flash = cc >= (8, 0) and bool(getattr(torch.backends.cuda, "flash_sdp_enabled", lambda: False)())
     return GPUReport(
-        True, props.name, total / GIB, free / GIB, cc, cc >= (8, 0),  # bf16_native's rule
+        True, props.name, total / GIB, free / GIB, cc, bf16_native(device_index),
         torch.__version__, torch.version.cuda, _driver_version(), sdpa, flash,
     )
 
 
 def require_gpu(min_vram_gb: float, why: str, report: GPUReport | None = None) -> GPUReport:
-    """Stop with one clear sentence if there is no CUDA GPU with at least ``min_vram_gb`` GiB of VRAM.
+    """Stop with one clear sentence if there is no CUDA GPU with at least ``min_vram_gb`` GiB of VRAM that this
+    PyTorch build can run on.
 
-    ``why`` names what needs the memory, e.g. ``"QLoRA on an 8B model at sequence 2048"``.
+    ``why`` names what needs the memory, e.g. ``"QLoRA on an 8B model at sequence 2048"``. Without a GPU the sentence
+    says which it is: a CPU-only PyTorch, an NVIDIA driver too old for PyTorch's CUDA, or no NVIDIA GPU at all; a card
+    older than the build's kernels (a GTX 10xx under the pinned torch) is named with its compute capability.
     """
     report = report or gpu_report()
     smoke_hint = SMOKE_HINT[0].upper() + SMOKE_HINT[1:] + "."
     if not report.cuda_available:
-        raise NeedsGPU(f"Full mode needs a CUDA GPU with {min_vram_gb:g} GiB of VRAM for {why}, but PyTorch sees no GPU. {smoke_hint}")
+        raise NeedsGPU(f"Full mode needs a CUDA GPU with {min_vram_gb:g} GiB of VRAM for {why}, but "
+                       f"{_no_gpu_reason(report)}. {smoke_hint}")
+    unsupported = _unsupported_card_reason(report)
+    if unsupported:
+        raise NeedsGPU(f"{unsupported} {smoke_hint}")
     from course_utils.core.defaults import card_box_gb
 
     # a card is the size on its box: a 12 GB card reports ~11.99 GiB and must pass a 12 GB minimum
@@ -139,9 +236,14 @@ def choose_device(smoke: bool, min_vram_gb: float | None, why: str, allow_cpu: b
 
     Smoke mode takes whatever is there (a GPU if present, else the CPU). Full mode needs a GPU with
     ``min_vram_gb`` GiB unless ``min_vram_gb`` is None (the lesson runs anywhere) or ``allow_cpu`` is set
-    (slow, but possible: e.g. a small CNN).
+    (slow, but possible: e.g. a small CNN). A card this PyTorch build has no kernels for (a GTX 10xx) is never
+    chosen: the CPU where that is allowed, else :func:`require_gpu`'s one sentence.
     """
     report = gpu_report()
+    unsupported = _unsupported_card_reason(report) if report.cuda_available else None
+    if unsupported and (smoke or min_vram_gb is None or allow_cpu):
+        print(f"Running on the CPU: {unsupported}")
+        return "cpu"
     if smoke or min_vram_gb is None:
         return report.device
     if allow_cpu and not report.cuda_available:
@@ -166,6 +268,7 @@ def free_gpu(*objects: object) -> float:
         finally:
             del frame
     del objects
+    release_library_references()  # e.g. bitsandbytes' global list of the embeddings Trainer registered
     gc.collect()
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available():
@@ -192,17 +295,17 @@ def _forget(objects: tuple, namespace: dict) -> list[str]:
 
 
 _LIFETIME_PEAK_RSS_GB = 0.0  # the peak before the last reset_peak_rss(): peak_rss_gb() stays a lifetime peak
-_LIFETIME_PEAK_VRAM_GB = [0.0, 0.0]  # allocated, reserved: the CUDA peaks before track_peak_memory reset them
 
 
 def peak_vram_gb() -> tuple[float, float]:
     """The process's peak VRAM so far (allocated, reserved; GiB), across the resets :func:`track_peak_memory` does.
     (0, 0) without CUDA."""
+    from course_utils.core import memory
+
     torch = sys.modules.get("torch")
     if torch is None or not torch.cuda.is_available() or not _cuda_initialized(torch):
-        return tuple(_LIFETIME_PEAK_VRAM_GB)
-    return (max(_LIFETIME_PEAK_VRAM_GB[0], torch.cuda.max_memory_allocated() / GIB),
-            max(_LIFETIME_PEAK_VRAM_GB[1], torch.cuda.max_memory_reserved() / GIB))
+        return tuple(memory._LIFETIME_PEAK)
+    return lifetime_vram_peak()
 
 
 def _cuda_initialized(torch) -> bool:  # noqa: ANN001
@@ -305,6 +408,8 @@ def track_peak_memory(release_cache: bool = True) -> Iterator[PeakMemory]:
     On entry, garbage is collected, PyTorch's cached-but-unused CUDA blocks are released (``release_cache``: memory
     cached by earlier work, e.g. an inference pass, would otherwise count as reserved in this block's peak) and the
     peak counters are reset, so the peaks are this block's. What was held on entry is kept in ``*_entry_gb``.
+    ``reserved_gb`` is the course's one meaning of peak VRAM (:mod:`course_utils.core.memory`). Blocks nest: an inner
+    block's reset never loses an outer block's peak (:func:`course_utils.core.memory.vram_peak`).
     """
     import time
 
@@ -317,19 +422,14 @@ def track_peak_memory(release_cache: bool = True) -> Iterator[PeakMemory]:
         torch.cuda.synchronize()
         if release_cache:
             torch.cuda.empty_cache()
-        _LIFETIME_PEAK_VRAM_GB[:] = peak_vram_gb()  # keep the lesson's peak for cu.record before resetting
-        torch.cuda.reset_peak_memory_stats()
-        peak.allocated_entry_gb = torch.cuda.memory_allocated() / GIB
-        peak.reserved_entry_gb = torch.cuda.memory_reserved() / GIB
     reset = reset_peak_rss()
     peak.rss_entry_gb = current_rss_gb()
     start = time.perf_counter()
     try:
-        yield peak
+        with vram_peak() as vram:  # resets CUDA's peak counters, keeping the enclosing blocks' and the lesson's peaks
+            peak.allocated_entry_gb, peak.reserved_entry_gb = vram.allocated_entry_gb, vram.reserved_entry_gb
+            yield peak
     finally:
-        if cuda:
-            torch.cuda.synchronize()
-            peak.allocated_gb = torch.cuda.max_memory_allocated() / GIB
-            peak.reserved_gb = torch.cuda.max_memory_reserved() / GIB
+        peak.allocated_gb, peak.reserved_gb = vram.allocated_gb, vram.reserved_gb
         peak.rss_gb = _hwm_gb() if reset else peak_rss_gb()
         peak.seconds = time.perf_counter() - start

@@ -1,7 +1,15 @@
 """A VRAM estimator: will this model, at this precision, sequence length and batch, fit the card?
 
-The numbers are GiB (1024**3 bytes), the unit PyTorch's allocator and ``nvidia-smi`` report. The estimate targets
-PyTorch's *peak reserved* memory; the CUDA context (~0.3-0.6 GiB, outside PyTorch) is part of ``overhead_gb``.
+The numbers are GiB (1024**3 bytes), the unit PyTorch's allocator and ``nvidia-smi`` report.
+
+**Peak VRAM**, everywhere in the course, means one thing: the most memory PyTorch's allocator held from the card
+during a block — ``torch.cuda.max_memory_reserved()`` since the block started (what was already held on entry, e.g.
+the model's weights, included). It does not include the CUDA context (~0.3-0.6 GiB that the driver keeps outside
+PyTorch) nor memory outside PyTorch's allocator (bitsandbytes' paged optimizer state). What the *card* must hold is
+that peak plus the context: an estimate's ``total_gb`` (the number :func:`fits_card` compares with the card) adds the
+context as its ``overhead`` part, and :attr:`VRAMEstimate.peak_vram_gb` is the estimate without it — the number to
+compare a measured peak VRAM with. :func:`vram_peak` measures one block and nests safely (an inner block's reset
+never loses an outer block's peak).
 
 Rules of thumb behind the formulas (each a line in :func:`estimate_training_vram`):
 
@@ -20,7 +28,9 @@ Rules of thumb behind the formulas (each a line in :func:`estimate_training_vram
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -199,7 +209,13 @@ class VRAMEstimate:
 
     @property
     def total_gb(self) -> float:
+        """What the card must hold: :attr:`peak_vram_gb` plus the CUDA context (the ``overhead`` part)."""
         return sum(self.parts.values())
+
+    @property
+    def peak_vram_gb(self) -> float:
+        """The estimate of a measured peak VRAM (PyTorch's peak reserved memory): the total less the CUDA context."""
+        return self.total_gb - self.parts.get("overhead", 0.0)
 
     def __str__(self) -> str:
         lines = [f"  {k:<22}{v:7.2f} GiB" for k, v in self.parts.items() if v > 0.005]
@@ -531,3 +547,113 @@ def zero_stage_for_card(n_params: float, world_size: int, card_gb: float = REFER
             if est.gpu_gb + activations_gb + CUDA_CONTEXT_GB + margin_gb <= card_gb:
                 return stage, offload
     return None
+
+
+# ---------------------------------------------------------------------------------------------- measuring peaks
+@dataclass
+class VRAMPeak:
+    """Filled in when a :func:`vram_peak` block ends: peak VRAM (PyTorch's peak reserved memory, the course's one
+    meaning) and peak allocated memory of the block, and what was held on entry, in GiB. ``None`` without a GPU."""
+
+    reserved_gb: float | None = None
+    allocated_gb: float | None = None
+    reserved_entry_gb: float | None = None
+    allocated_entry_gb: float | None = None
+
+    @property
+    def added_gb(self) -> float | None:
+        """What the block added to the peak VRAM over what was held on entry."""
+        if self.reserved_gb is None or self.reserved_entry_gb is None:
+            return None
+        return max(0.0, self.reserved_gb - self.reserved_entry_gb)
+
+
+#: Peaks (allocated, reserved; GiB) of the :func:`vram_peak` blocks still open, innermost last, and of the process.
+_OPEN_PEAKS: list[list[float]] = []
+_LIFETIME_PEAK: list[float] = [0.0, 0.0]
+
+
+def _cuda_peaks(torch: Any, device: Any = None) -> tuple[float, float]:
+    on = () if device is None else (device,)
+    return torch.cuda.max_memory_allocated(*on) / GIB, torch.cuda.max_memory_reserved(*on) / GIB
+
+
+def reset_vram_peak(device: Any = None) -> None:
+    """Reset CUDA's peak counters, first folding the peak so far into every open :func:`vram_peak` block and into
+    the process's lifetime peak (:func:`lifetime_vram_peak`), so no enclosing measurement loses it. ``device``: a
+    CUDA device, None for the current one. The one place course_utils resets CUDA's peak counters (the standalone
+    recipes reset them in their own process)."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return
+    now = _cuda_peaks(torch, device)
+    for peaks in [*_OPEN_PEAKS, _LIFETIME_PEAK]:
+        peaks[:] = [max(a, b) for a, b in zip(peaks, now, strict=True)]
+    torch.cuda.reset_peak_memory_stats(*(() if device is None else (device,)))
+
+
+def lifetime_vram_peak() -> tuple[float, float]:
+    """The process's peak (allocated, reserved) VRAM in GiB, across every :func:`reset_vram_peak`; (0, 0) without
+    CUDA."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return tuple(_LIFETIME_PEAK)
+    now = _cuda_peaks(torch)
+    return max(_LIFETIME_PEAK[0], now[0]), max(_LIFETIME_PEAK[1], now[1])
+
+
+@contextlib.contextmanager
+def vram_peak(device: Any = None) -> Iterator[VRAMPeak]:
+    """Measure a block's peak VRAM on ``device`` (None: the current CUDA device). Nest-safe: blocks inside it (and
+    :func:`reset_vram_peak`) fold their peaks into it before resetting CUDA's counters, so an outer block still sees
+    the inner blocks' peaks. Without CUDA, or on a CPU ``device``, the fields stay None (not measured)."""
+    import sys
+
+    peak = VRAMPeak()
+    torch = sys.modules.get("torch")
+    cuda = torch is not None and torch.cuda.is_available() and not str(device or "cuda").startswith("cpu")
+    on = () if device is None else (device,)
+    if cuda:
+        torch.cuda.synchronize(*on)
+        reset_vram_peak(device)
+        peak.allocated_entry_gb = torch.cuda.memory_allocated(*on) / GIB
+        peak.reserved_entry_gb = torch.cuda.memory_reserved(*on) / GIB
+    running = [0.0, 0.0]
+    _OPEN_PEAKS.append(running)
+    try:
+        yield peak
+    finally:
+        _OPEN_PEAKS[:] = [p for p in _OPEN_PEAKS if p is not running]  # by identity: equal peaks are not the same
+        if cuda:
+            torch.cuda.synchronize(*on)
+            now = _cuda_peaks(torch, device)
+            peak.allocated_gb, peak.reserved_gb = (max(a, b) for a, b in zip(running, now, strict=True))
+
+
+# ---------------------------------------------------------------------------------------------- releasing models
+def release_library_references() -> int:
+    """Drop the references libraries keep in globals to the modules of models a lesson has finished with.
+
+    With an 8-bit bitsandbytes optimizer (``optim="paged_adamw_8bit"`` / ``"adamw_bnb_8bit"``),
+    ``Trainer.create_optimizer`` registers every ``nn.Embedding`` of the model with bitsandbytes'
+    ``GlobalOptimManager`` (to keep their optimizer state in 32 bits), whose list is never cleared: without this, the
+    embeddings of every model ever trained stay alive (0.98 GiB for Llama-3.1-8B's ``embed_tokens``). The optimizer
+    reads the list once, at its first step, so clearing it between trainings changes nothing else; its id-keyed
+    configs go too (a new parameter could reuse a dead one's id). Returns how many module references were dropped.
+    Called by ``cu.free_gpu()``.
+    """
+    import sys
+
+    optim = sys.modules.get("bitsandbytes.optim.optimizer")
+    manager = getattr(getattr(optim, "GlobalOptimManager", None), "_instance", None)
+    if manager is None:
+        return 0
+    dropped = len(manager.module_weight_config_triple)
+    manager.module_weight_config_triple.clear()
+    manager.pid2config.clear()
+    manager.index2config.clear()
+    return dropped

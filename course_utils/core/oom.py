@@ -43,16 +43,36 @@ def _release() -> None:
         torch.cuda.empty_cache()
 
 
+def forget_frames(err: BaseException) -> None:
+    """Clear the local variables of the finished frames an exception's traceback (and those of the exceptions it
+    chains) keeps alive: the activations and the model of the step that failed. While an exception is being handled
+    — and a context manager's ``__exit__`` always runs while it is — its traceback holds those frames, so memory
+    freed then frees nothing of theirs (``traceback.clear_frames``; frames still running are left alone)."""
+    import traceback
+
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        traceback.clear_frames(err.__traceback__)
+        err = err.__cause__ or err.__context__
+
+
 @contextlib.contextmanager
 def explain_oom(what: str = "this step") -> Iterator[None]:
-    """Wrap a memory-hungry block: an OOM inside becomes one :class:`OutOfMemory` sentence with advice."""
+    """Wrap a memory-hungry block: an OOM inside becomes one :class:`OutOfMemory` sentence with advice.
+
+    The failing step's frames are cleared first, so the memory they held goes back to the card before the
+    sentence is raised."""
     try:
         yield
     except BaseException as err:
         if not is_oom_error(err):
             raise
-        _release()
-        raise OutOfMemory(oom_advice(what)) from None
+        forget_frames(err)
+    else:
+        return
+    _release()
+    raise OutOfMemory(oom_advice(what)) from None
 
 
 def find_max_batch_size(step: Callable[[int], object], start: int = 512, minimum: int = 1, verbose: bool = True) -> int:
@@ -82,13 +102,16 @@ def find_max_batch_size(step: Callable[[int], object], start: int = 512, minimum
         except BaseException as err:
             if not is_oom_error(err):
                 raise
-            del err
-            _release()
+            forget_frames(err)
+            fits = False
+        else:
+            fits = True
+        _release()  # after the except block: the failed step's exception, and the memory its frames held, are gone
+        if not fits:
             if verbose:
                 print(f"batch {batch}: out of memory, halving")
             batch //= 2
             continue
-        _release()
         if verbose:
             print(f"batch {batch}: fits")
         return batch

@@ -24,7 +24,7 @@ from typing import Any
 
 from course_utils.core.errors import BadParameter, CourseError, MissingData
 from course_utils.core.gpu import current_rss_gb, free_gpu, peak_rss_gb
-from course_utils.core.oom import OutOfMemory, is_oom_error, oom_advice
+from course_utils.core.oom import OutOfMemory, forget_frames, is_oom_error, oom_advice
 
 
 @dataclass
@@ -102,19 +102,24 @@ class ModelManager:
         spec = self.spec(name)
         with self._lock:
             self.stats.requests += 1
+            bundle = None
             try:
                 bundle = self._ensure(spec)
                 yield bundle
             except BaseException as err:
                 self.stats.errors += 1
-                if is_oom_error(err):
-                    self.stats.ooms += 1
-                    self._evict_all()
-                    raise OutOfMemory(oom_advice(f"the {name} model") + " The app freed its models and keeps "
-                                      "serving: try again with a shorter input.") from None
-                raise
+                if not is_oom_error(err):
+                    raise
+                self.stats.ooms += 1
+                forget_frames(err)  # the failed request's frames (its activations, the model) let go first
+            else:
+                return
             finally:
                 self.stats.peak_rss_gb = max(self.stats.peak_rss_gb, current_rss_gb())
+            bundle = None
+            self._evict_all()  # outside the except block, the failed request's frames cleared: the models can go
+            raise OutOfMemory(oom_advice(f"the {name} model") + " The app freed its models and keeps serving: try "
+                              "again with a shorter input.") from None
 
     def unload(self, name: str) -> None:
         """Free one model now (it is loaded again on its next use)."""
@@ -139,11 +144,14 @@ class ModelManager:
         try:
             bundle = spec.load()
         except BaseException as err:
-            if is_oom_error(err):  # something else holds the card: free everything and try once more
-                self._evict_all()
-                bundle = spec.load()
-            else:
+            if not is_oom_error(err):
                 raise
+            retry = True  # something else holds the card: free everything and try once more, once the failed
+        else:             # load's exception (and the half-loaded model its frames hold) is gone
+            retry = False
+        if retry:
+            self._evict_all()
+            bundle = spec.load()
         self._loaded[spec.name] = bundle
         self.stats.loads[spec.name] = self.stats.loads.get(spec.name, 0) + 1
         self.stats.load_seconds[spec.name] = round(time.perf_counter() - start, 3)

@@ -269,8 +269,10 @@ class Demo:
     def _load_chat(self) -> tuple[Any, Any]:
         from course_utils.topics.llm import load_causal_lm
 
+        # 4-bit on every card, as _vram_estimates sizes it: the six models share one budget (a 20 GB card would
+        # otherwise get the 15 GiB 16-bit model that load_causal_lm picks there)
         model, tokenizer = load_causal_lm(smoke=self.smoke, device=self.device,
-                                          quantization="16bit" if self.device == "cpu" else None)
+                                          quantization="16bit" if self.device == "cpu" else "4bit")
         if self.manager.specs["chat"].uses_artefact:
             from peft import PeftModel
 

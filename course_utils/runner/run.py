@@ -17,6 +17,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shlex
 import sys
 import time
@@ -24,13 +25,15 @@ from pathlib import Path
 
 from course_utils.core.errors import BadParameter
 from course_utils.core.paths import REPO_ROOT
+from course_utils.runner import plan
 from course_utils.runner.lessons import NOTEBOOKS, discover, lesson_meta  # noqa: F401 (re-exported)
 from course_utils.runner.params import check_overrides, lesson_parameters, parse_value  # noqa: F401 (re-exported)
 from course_utils.runner.report import NEEDS_GPU, LessonResult, summary_line, write_report  # noqa: F401
 from course_utils.runner.targets import OPS, BadTarget, TargetResult, check_targets, parse_targets  # noqa: F401
 
-#: Seconds a single cell may run before the lesson is stopped and reported failed (``--timeout`` overrides).
-CELL_TIMEOUT_S = {"full": 1800, "smoke": 300}
+#: Seconds a cell that declares nothing may run before the lesson is stopped and reported failed (``--timeout``
+#: overrides). A full-mode cell that downloads or trains for longer declares it and gets more: see :mod:`.plan`.
+CELL_TIMEOUT_S = plan.DEFAULT_CELL_S
 
 
 def _kernel_for(path: Path, override: str | None) -> str:
@@ -83,14 +86,24 @@ def _kernel_manager_class():
 
 def _prepare(path: Path, params: dict, kernel: str):
     """The notebook with ``params`` injected after its parameters cell (papermill's cell, tagged
-    ``injected-parameters``). The names were checked against the parameters cell already (:func:`check_overrides`),
-    so papermill's own guessing, and its warnings about lines it cannot parse, are not needed."""
+    ``injected-parameters``) and, in smoke runs, the VRAM ledger's hook after them (tagged ``injected-ledger``).
+    The names were checked against the parameters cell already (:func:`check_overrides`), so papermill's own
+    guessing, and its warnings about lines it cannot parse, are not needed."""
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
     nb = load_notebook_node(str(path))
     if params:
         nb = parameterize_notebook(nb, params, kernel_name=kernel, language="python")
+    if os.environ.get("SMOKE") == "1":  # the VRAM ledger (course_utils.core.ledger): after each cell, the full-mode
+        import nbformat                  # GiB of the models still alive, into <lesson>.ledger.json
+
+        cell = nbformat.v4.new_code_cell("from course_utils.core.ledger import install_cell_hook\n"
+                                         "install_cell_hook(get_ipython()); del install_cell_hook")
+        cell.metadata["tags"] = ["injected-ledger"]
+        tags = [c.get("metadata", {}).get("tags", []) for c in nb.cells]
+        after = max((i for i, t in enumerate(tags) if "parameters" in t or "injected-parameters" in t), default=-1)
+        nb.cells.insert(after + 1, cell)
     return nb
 
 
@@ -142,7 +155,10 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     """Run one lesson with papermill; never raises for a lesson that fails, dies or hangs: the result says so.
 
     ``params`` are checked against the lesson's parameters cell first (a bad name or value is a
-    :class:`BadParameter`). ``timeout`` is the seconds a cell may take (default :data:`CELL_TIMEOUT_S`; 0: none).
+    :class:`BadParameter`). ``timeout`` is the seconds a cell that declares nothing may take (default
+    :data:`CELL_TIMEOUT_S`; 0: no limit for any cell); in full mode a cell that declares a download or a long
+    computation in its metadata gets what it needs on top (:func:`course_utils.runner.plan.cell_limit_s`).
+    Whatever the lesson recorded before a cell failed or was stopped stays in the result.
     """
     import papermill as pm
 
@@ -153,6 +169,7 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     output = Path(out_dir) / path.name
     metrics_file = Path(out_dir) / f"{path.stem}.metrics.json"
     metrics_file.unlink(missing_ok=True)
+    plan.check_lesson(json.loads(path.read_text()), path.stem)  # a bad declaration: one sentence, before the kernel
     if timeout is None:
         timeout = CELL_TIMEOUT_S[mode]
     kernel_name = _kernel_for(path, kernel)
@@ -166,8 +183,8 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     try:
         pm.execute_notebook(
             _prepare(path, values, kernel_name), str(output), kernel_name=kernel_name, cwd=str(path.parent),
-            progress_bar=progress, execution_timeout=timeout or None, log_output=False,
-            kernel_manager_class=_kernel_manager_class(),
+            progress_bar=progress, log_output=False, kernel_manager_class=_kernel_manager_class(),
+            timeout_func=plan.timeout_func(mode, timeout, path.stem),  # nbclient asks it before each cell
         )
     except pm.PapermillExecutionError as err:
         status = NEEDS_GPU if err.ename == "NeedsGPU" else "failed"
@@ -175,7 +192,10 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
     except Exception as err:  # kernel died, cell timed out, bad notebook: keep going with the next lesson
         status, error = "failed", f"{type(err).__name__}: {err}".strip()
         if "Timeout" in type(err).__name__ or "timed out" in str(err):
-            error = f"{path.stem}: a cell ran longer than the {timeout} s limit (--timeout to change it): {error}"
+            seconds = re.search(r"after (\d+) seconds", str(err))
+            limit = f"its {seconds.group(1)} s limit" if seconds else "its time limit"
+            error = (f"{path.stem}: a cell ran longer than {limit} (a cell that downloads or trains for long declares it "
+                     f"in its metadata, see course_utils/runner/plan.py; --timeout changes the default): {error}")
     finally:
         os.environ.clear()
         os.environ.update(env_before)
@@ -202,6 +222,51 @@ def run_lesson(path: Path, out_dir: Path, mode: str, params: dict | None = None,
                         results, error)
 
 
+def _nvidia_driver_present() -> bool:
+    """Whether this machine has an NVIDIA driver, asked without CUDA: NVML (where nvidia-ml-py is installed), else the
+    device files the driver creates (/dev/nvidia0 on Linux, /dev/dxg under WSL2)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount() > 0
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no nvidia-ml-py, or no NVML library: no driver it can see
+        pass
+    return any(Path(dev).exists() for dev in ("/dev/nvidia0", "/dev/dxg"))
+
+
+_SNAPSHOT = ("import json; from course_utils.core.repro import environment_snapshot; "
+             "print(json.dumps(environment_snapshot(), default=str))")
+
+
+def environment() -> dict:
+    """The run's environment (python, packages, commit, GPU), taken without creating a CUDA context in this process.
+
+    Asking PyTorch for the card's memory creates a CUDA context (~0.3-0.5 GiB of VRAM) that would stay in the runner
+    for the whole run, and every lesson would have that much less. Where there is an NVIDIA driver the snapshot is
+    taken in a child process that ends before the first lesson starts; without one there is no context to create.
+    """
+    from course_utils.core.repro import environment_snapshot
+
+    if not _nvidia_driver_present():
+        return environment_snapshot()
+    import subprocess
+
+    try:
+        out = subprocess.run([sys.executable, "-c", _SNAPSHOT], capture_output=True, text=True, timeout=300,
+                             cwd=str(REPO_ROOT), check=True)
+        return json.loads(out.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as err:
+        print(f"course-run: could not describe the GPU in a child process ({type(err).__name__}); the report will "
+              "not name it.", file=sys.stderr)
+        from course_utils.core.repro import git_commit
+
+        return {"python": sys.version.split()[0], "git_commit": git_commit(), "gpu": "unknown (snapshot failed)"}
+
+
 class _DropPapermillNoise(logging.Filter):
     """Papermill logs at INFO what the runner prints itself (input/output paths); keep only real problems."""
 
@@ -221,8 +286,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="folder of the lessons (default notebooks/; e.g. notebooks-fr/ for the French build)")
     parser.add_argument("--kernel", help="Jupyter kernel (default: the notebook's, else python3)")
     parser.add_argument("--timeout", type=int, default=None,
-                        help=f"seconds a cell may run (default {CELL_TIMEOUT_S['full']} full, "
-                             f"{CELL_TIMEOUT_S['smoke']} smoke; 0: no limit)")
+                        help=f"seconds a cell that declares nothing may run (default {CELL_TIMEOUT_S['full']} full, "
+                             f"{CELL_TIMEOUT_S['smoke']} smoke; 0: no limit). In full mode a cell that declares a "
+                             "download or a long computation gets what it needs on top (python -m "
+                             "course_utils.runner.plan NN shows it)")
     parser.add_argument("--skip-gpu-lessons", action="store_true",
                         default=os.environ.get("SKIP_GPU", "") not in ("", "0"),
                         help="exit 0 even if lessons could not run for want of a GPU (also: SKIP_GPU=1). "
@@ -239,17 +306,16 @@ def main(argv: list[str] | None = None) -> int:
         for path in lessons:
             check_overrides(path, params)
             parse_targets(lesson_meta(path).get("targets", {}).get(args.mode, {}), args.mode, path.stem)
+            plan.check_lesson(json.loads(path.read_text()), path.stem)
     except (BadParameter, BadTarget) as err:
         print(f"course-run: {err}", file=sys.stderr)
         return 2
     logging.getLogger("papermill").addFilter(_DropPapermillNoise())
     out_dir = args.out / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
-    from course_utils.core.repro import environment_snapshot
-
     from course_utils.runner import records
 
-    env = environment_snapshot()
+    env = environment()
     env["git_dirty"] = records.git_dirty()
     command = ("" if "--mode" in argv else f"MODE={args.mode} ") + shlex.join(["course-run", *argv])
     print(f"Running {len(lessons)} lesson(s) in {args.mode} mode -> {out_dir}")

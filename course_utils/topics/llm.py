@@ -17,7 +17,7 @@ The API, kept stable because several lessons call it::
   ``None`` lets ``cu.safe_defaults("llm-inference")`` choose for the card (4-bit on 12 GB); or a
   ``BitsAndBytesConfig`` a lesson built itself (lesson 06 writes its NF4 config in a cell and passes it here).
 * ``revision``: a commit; ``None`` uses the pinned commit for the course's models (:data:`PINNED_REVISIONS`).
-* ``device``: ``"cuda"`` / ``"cpu"``; ``None`` takes the GPU if there is one.
+* ``device``: ``"cuda"`` / ``"cuda:1"`` / ``"cpu"``; ``None`` takes the GPU if there is one.
 
 The model comes back in eval mode; the tokenizer always has a pad token (the end-of-turn token if the model has
 none). ``trust_remote_code`` is never passed: only architectures transformers ships are loaded.
@@ -69,6 +69,7 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from course_utils.core.defaults import safe_defaults
+    from course_utils.core.gpu import bf16_native, device_type
     from course_utils.smoke.llm import tiny_llm_dir
 
     defaults = safe_defaults("llm-inference")
@@ -79,17 +80,18 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
         raise BadParameter(f"quantization={quantization!r} is neither one of {QUANTIZATIONS} nor a BitsAndBytesConfig.")
     if given_config is None and quantization not in QUANTIZATIONS:
         raise BadParameter(f"quantization={quantization!r} is not one of {QUANTIZATIONS}; use '4bit' on a 12 GB card.")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadParameter(f"device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device_type(device) == "cuda"  # "cuda:1" is a GPU too, never the CPU branch
+    if on_gpu and not torch.cuda.is_available():
+        raise BadParameter(f"device={device!r} but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
     source = str(tiny_llm_dir()) if smoke else (model_id or DEFAULT_MODEL_ID)
     if revision is None and not smoke:
         revision = PINNED_REVISIONS.get(source)
     # The unquantised weights (embeddings, norms, LM head) are stored in bf16 where the card has it, else fp16 — and
     # in bf16 on a CPU too, so sizes match the GPU's. The 4-bit layers compute in that dtype on a GPU; on a CPU in
     # fp32, because CPU bf16 matrix products are ~4x slower than fp32 ones on a typical desktop CPU.
-    dtype = defaults.torch_dtype if device == "cuda" else torch.bfloat16
-    quant_config = given_config or quantization_config(quantization, dtype if device == "cuda" else torch.float32)
+    dtype = (torch.bfloat16 if bf16_native(device) else torch.float16) if on_gpu else torch.bfloat16
+    quant_config = given_config or quantization_config(quantization, dtype if on_gpu else torch.float32)
     check_revision(source, revision)  # a local folder, or a hub id pinned to a commit: else one sentence, now
     with hub_errors_explained(source, alternative=UNGATED_HINT):
         config = AutoConfig.from_pretrained(source, revision=revision)  # one small file: fails fast if gated/offline
@@ -98,12 +100,38 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=dtype, quantization_config=quant_config,
-            device_map={"": 0} if device == "cuda" else device,
+            device_map={"": torch.device(device).index or 0} if on_gpu else device,  # "cuda:1" -> GPU 1
         )
     if tokenizer.pad_token is None:  # Llama 3 ships without one; padding needs one for batches
         tokenizer.pad_token = tokenizer.eos_token
     model.eval()
+    if smoke:  # the VRAM ledger counts the tiny model as the full-mode one (course_utils.core.ledger)
+        from course_utils.core import ledger, memory
+
+        full = memory.QWEN2_5_7B if "qwen" in str(model_id or DEFAULT_MODEL_ID).lower() else memory.LLAMA_3_1_8B
+        ledger.register(model, full.name, shape=full, bits=ledger.quantized_bits(model, default=4))
     return model, tokenizer
+
+
+def adapter_in_fp32_for_fp16(model: Any, compute_dtype: Any) -> int:
+    """Pre-Ampere QLoRA (T4, RTX 20xx: no native bf16): fp16 compute, the LoRA weights in fp32, a gradient scaler.
+
+    trl's ``SFTTrainer`` casts the adapter of a 4-bit model to bf16 (the QLoRA paper's choice;
+    ``trl/trainer/sft_trainer.py``), and fp16 training's GradScaler cannot unscale bf16 gradients
+    (``"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'`` at the first step). Call it
+    after building the trainer and before ``train()``: with fp16 the trainable weights go back to fp32 (a no-op for
+    bf16 or fp32). Returns how many tensors moved. ``recipes/train_qlora.py`` holds a copy.
+    """
+    import torch
+
+    if compute_dtype != torch.float16:
+        return 0
+    moved = 0
+    for param in model.parameters():
+        if param.requires_grad and param.dtype == torch.bfloat16:
+            param.data = param.data.float()
+            moved += 1
+    return moved
 
 
 def quantization_config(quantization: str, compute_dtype: Any = None) -> Any:

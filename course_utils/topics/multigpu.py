@@ -5,6 +5,9 @@ rank dies, the others can block forever in a collective; ``subprocess.run(timeou
 and then wait for output pipes the orphaned workers still hold. :func:`launch` starts the launcher in its own process
 group, streams its output into the cell, and on a time limit or a failure ends the whole group and raises one course
 sentence naming the run and what happened.
+
+Part 2's offload plans come from :func:`offload_plan`: the device map ``from_pretrained`` computes for a (4-bit)
+causal LM and a ``max_memory``, worked out on the ``meta`` device, so the lesson asserts what the library will do.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from course_utils.core.errors import CourseError
 from course_utils.core.paths import REPO_ROOT
@@ -108,10 +111,14 @@ def launch(cmd: Sequence[str], name: str, timeout_s: float = 120, env: dict | No
 
 
 SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
+#: SDXL base 1.0's pinned commit: the snapshot public hub caches of the model hold (``snapshots/4621659…``).
+SDXL_REVISION = "462165984030d82259a11f4367a4eed129e94a7b"
 
 
-def load_sdxl_pipeline(smoke: bool, model_id: str = SDXL_ID, image_size: int = 64) -> object:
-    """SDXL base in fp16 (full mode, ~7 GB download), or a tiny SDXL pipeline of the same classes (smoke mode)."""
+def load_sdxl_pipeline(smoke: bool, model_id: str = SDXL_ID, image_size: int = 64,
+                       revision: str | None = SDXL_REVISION) -> object:
+    """SDXL base in fp16 at a pinned commit (full mode, ~7 GB download), or a tiny SDXL pipeline of the same classes
+    (smoke mode)."""
     if smoke:
         from course_utils.smoke.multigpu import build_tiny_sdxl_pipeline
 
@@ -119,15 +126,79 @@ def load_sdxl_pipeline(smoke: bool, model_id: str = SDXL_ID, image_size: int = 6
     import torch
     from diffusers import StableDiffusionXLPipeline
 
-    from course_utils.core.hub import hub_errors_explained
+    from course_utils.core.hub import check_revision, hub_errors_explained
 
+    check_revision(model_id, revision)  # a local folder, or a hub id pinned to a commit: else one sentence, now
     with hub_errors_explained(model_id):
-        return StableDiffusionXLPipeline.from_pretrained(model_id, dtype=torch.float16, variant="fp16")
+        return StableDiffusionXLPipeline.from_pretrained(model_id, revision=revision, dtype=torch.float16,
+                                                         variant="fp16")
+
+
+def _meta_causal_lm(config: Any, quantization_config: Any, dtype: Any) -> tuple[Any, Any]:
+    """A causal LM of ``config`` on the ``meta`` device, its layers replaced as bitsandbytes' quantiser replaces them
+    in ``from_pretrained``; and that quantiser (``None`` unquantised)."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+    from transformers.quantizers import AutoHfQuantizer
+
+    dtype = dtype or torch.bfloat16
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    if quantization_config is None:
+        return model, None
+    quantizer = AutoHfQuantizer.from_config(quantization_config, pre_quantized=False)
+    quantizer.preprocess_model(model=model, dtype=dtype, device_map="auto")
+    return model, quantizer
+
+
+def offload_plan(config: Any, max_memory: dict, quantization_config: Any = None, dtype: Any = None) -> dict:
+    """The device map ``from_pretrained(..., device_map="auto", max_memory=max_memory, quantization_config=...)``
+    computes for a causal LM of this ``config``, without a weight or a GPU: transformers' own planning code run on a
+    model built on the ``meta`` device.
+
+    That path, step by step: the model's ``nn.Linear`` layers replaced by bitsandbytes' (a 4-bit weight counts half a
+    byte; embeddings, norms and the LM head stay in ``dtype``), every ``max_memory`` budget cut to 90 % for the
+    quantiser's buffers, then ``infer_auto_device_map``, which keeps room on the GPU for the largest layer it may have
+    to bring back from CPU RAM. Layers placed in CPU RAM need ``llm_int8_enable_fp32_cpu_offload`` (bitsandbytes then
+    loads them unquantised): the plan is computed with it set, as a load with the plan must be.
+    """
+    import copy
+
+    from transformers.integrations.accelerate import _get_device_map
+
+    if quantization_config is not None:
+        quantization_config = copy.deepcopy(quantization_config)
+        quantization_config.llm_int8_enable_fp32_cpu_offload = True
+    model, quantizer = _meta_causal_lm(config, quantization_config, dtype)
+    return dict(_get_device_map(model, "auto", dict(max_memory), quantizer))
+
+
+def placement_bytes(config: Any, quantization_config: Any = None, dtype: Any = None) -> int:
+    """The bytes transformers counts when it places a causal LM of this ``config`` (parameters and buffers, a 4-bit
+    weight half a byte): what :func:`offload_plan` fills the budgets with."""
+    from transformers.integrations.accelerate import compute_module_sizes
+
+    model, quantizer = _meta_causal_lm(config, quantization_config, dtype)
+    return int(compute_module_sizes(model, quantizer)[0][""])
+
+
+def layers_per_device(device_map: dict, n_layers: int, prefix: str = "model.layers") -> dict:
+    """How many decoder layers (``<prefix>.<i>``) a device map puts on each device (the longest matching key of the
+    map decides, as accelerate's dispatch does)."""
+    from collections import Counter
+
+    def device_of(name: str) -> Any:
+        keys = [k for k in device_map if k == "" or name == k or name.startswith(k + ".")]
+        return device_map[max(keys, key=len)]
+
+    return dict(Counter(device_of(f"{prefix}.{i}") for i in range(n_layers)))
 
 
 #: How far each engine's loss may leave the single-process curve (max |difference| over the steps): in fp32 (``"no"``)
-#: the engines do the same arithmetic up to the order of float additions; in bf16 they round differently.
-CURVE_TOLERANCE = {"no": 1e-4, "bf16": 5e-2}
+#: the engines do the same arithmetic up to the order of float additions; in bf16 and fp16 (pre-Ampere cards, with a
+#: gradient scaler) they round differently. The 16-bit values are estimates: no GPU has run them.
+CURVE_TOLERANCE = {"no": 1e-4, "bf16": 5e-2, "fp16": 5e-2}
 
 
 def max_diff(reference: Sequence[float], losses: Sequence[float]) -> tuple[float, int]:

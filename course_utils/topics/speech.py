@@ -312,39 +312,38 @@ def time_whisper(config: Any, device: str = "cpu", dtype: Any = None, new_tokens
     ``new_tokens`` greedy decoder steps with the KV cache (speed does not depend on the weights' values).
 
     Returns seconds per window (best of ``repeats``) and, on a GPU, the peak VRAM in GiB that this model added on top
-    of what was already allocated.
+    of what was already held (the course's one meaning of peak VRAM, :mod:`course_utils.core.memory`; an enclosing
+    ``cu.track_peak_memory()`` keeps its own peak).
     """
     import time
 
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from course_utils.core.gpu import free_gpu
-    from course_utils.core.memory import GIB
+    from course_utils.core.gpu import device_type, free_gpu
+    from course_utils.core.memory import vram_peak
 
-    dtype = dtype or (torch.float16 if device == "cuda" else torch.float32)
-    baseline = torch.cuda.memory_allocated() if device == "cuda" else 0  # what other models already hold
-    with torch.device(device):
-        model = WhisperForConditionalGeneration._from_config(config, dtype=dtype).eval()
-    features = torch.randn(1, config.num_mel_bins, 2 * config.max_source_positions, device=device, dtype=dtype)
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
+    gpu = device_type(device) == "cuda"  # "cuda:1" too
+    dtype = dtype or (torch.float16 if gpu else torch.float32)
     best = float("inf")
-    with torch.inference_mode():
-        for _ in range(repeats):
-            start = time.perf_counter()
-            encoded = model.model.encoder(features)
-            tokens = torch.full((1, 1), config.decoder_start_token_id, device=device)
-            past = None
-            for _ in range(new_tokens):
-                out = model(encoder_outputs=encoded, decoder_input_ids=tokens[:, -1:], past_key_values=past, use_cache=True)
-                past = out.past_key_values
-                tokens = torch.cat([tokens, out.logits[:, -1:].argmax(-1)], dim=1)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() - baseline) / GIB if device == "cuda" else float("nan")
+    with vram_peak(device if gpu else None) as vram:
+        with torch.device(device):
+            model = WhisperForConditionalGeneration._from_config(config, dtype=dtype).eval()
+        features = torch.randn(1, config.num_mel_bins, 2 * config.max_source_positions, device=device, dtype=dtype)
+        with torch.inference_mode():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                encoded = model.model.encoder(features)
+                tokens = torch.full((1, 1), config.decoder_start_token_id, device=device)
+                past = None
+                for _ in range(new_tokens):
+                    out = model(encoder_outputs=encoded, decoder_input_ids=tokens[:, -1:], past_key_values=past, use_cache=True)
+                    past = out.past_key_values
+                    tokens = torch.cat([tokens, out.logits[:, -1:].argmax(-1)], dim=1)
+                if gpu:
+                    torch.cuda.synchronize(device)
+                best = min(best, time.perf_counter() - start)
+    peak = vram.added_gb if gpu and vram.added_gb is not None else float("nan")
     del model, encoded, past
     free_gpu()
     return {"seconds_per_window": best, "peak_vram_gb": peak}

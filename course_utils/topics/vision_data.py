@@ -171,11 +171,29 @@ def _cifar_complete(root: Path) -> bool:
     return all((root / CIFAR10_FOLDER / name).exists() for name in CIFAR10_FILES)
 
 
+def extract_safely(tar: tarfile.TarFile, dest: Path) -> None:
+    """Unpack ``tar`` into ``dest`` with nothing landing outside it: tarfile's ``"data"`` filter where this Python has
+    it (3.10.12+, 3.11.4+, 3.12+), else the same rule checked here (plain files and folders only, no absolute path, no
+    ``..``); a member that breaks it stops the unpacking with :class:`tarfile.TarError`."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, filter="data")
+        return
+    root = Path(dest).resolve()
+    members = tar.getmembers()
+    for member in members:
+        target = (root / member.name).resolve()
+        if not (member.isfile() or member.isdir()) or os.path.isabs(member.name) or ".." in Path(member.name).parts \
+                or (target != root and root not in target.parents):
+            raise tarfile.TarError(f"unsafe member {member.name!r} (only plain files and folders inside the archive)")
+        member.mode = (member.mode | 0o600) & 0o755 if member.isfile() else 0o755  # what the data filter does
+    tar.extractall(dest, members=members)  # noqa: S202 - every member was checked above
+
+
 def _untar_cifar(archive: Path, root: Path, downloaded: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".cifar-unpack-"))
     try:
         with tarfile.open(archive, "r:gz") as tar:
-            tar.extractall(tmp, filter="data")
+            extract_safely(tar, tmp)
         if not all((tmp / CIFAR10_FOLDER / name).exists() for name in CIFAR10_FILES):
             raise MissingData(f"{archive} does not contain {CIFAR10_FOLDER}/ with {', '.join(CIFAR10_FILES)}: "
                               f"delete it so it is downloaded again, or replace it with the python version of CIFAR-10.")

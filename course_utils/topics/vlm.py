@@ -73,7 +73,8 @@ def load_llava(
 
     Both modes make the same calls: ``AutoProcessor.from_pretrained`` and
     ``LlavaForConditionalGeneration.from_pretrained(..., quantization_config=..., dtype=..., device_map=...)``.
-    Weights and 4-bit compute are bf16 on a GPU that has it (fp16 otherwise) and fp32 on the CPU.
+    Weights and 4-bit compute are bf16 on a GPU that computes it natively (``bf16_native``; fp16 otherwise) and fp32
+    on the CPU. ``device`` may name one GPU of several (``"cuda:1"``).
     Offline with nothing cached, or an unknown id, raises ``MissingData`` with what to do.
     """
     import torch
@@ -81,13 +82,16 @@ def load_llava(
 
     from course_utils.topics import llm
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise BadParameter(f"device='cuda' but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
-    if device == "cpu":
+    from course_utils.core.gpu import bf16_native, device_type
+
+    device = str(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    on_gpu = device_type(device) == "cuda"  # "cuda:1" is a GPU too
+    if on_gpu and not torch.cuda.is_available():
+        raise BadParameter(f"device={device!r} but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
+    if not on_gpu:
         dtype = torch.float32
     else:
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        dtype = torch.bfloat16 if bf16_native(device) else torch.float16
     from course_utils.smoke.vlm import tiny_llava_dir
 
     source = str(tiny_llava_dir()) if smoke else model_id

@@ -57,6 +57,9 @@ def setup_ultralytics(config_dir: str | os.PathLike[str] | None = None,
       Ultralytics otherwise downloads before every plot.
     - Ultralytics' settings point its weights, datasets and default runs folders at course folders (by default
       they land next to the package's git root, i.e. inside this repository).
+    - the trainer's AMP check is :func:`amp_check_offline`: with ``amp=True`` (fp16, the cards without native bf16)
+      Ultralytics' own ``check_amp`` would download an unpinned ``yolo26n.pt`` and unpickle it, even offline.
+      (``amp="bf16"`` never runs the check: ``ultralytics/engine/trainer.py``, ``_setup_train``.)
 
     Returns the folders it chose (``config_dir``, ``font``, ``weights_dir``, ``datasets_dir``, ``runs_dir``).
     """
@@ -98,8 +101,36 @@ def setup_ultralytics(config_dir: str | os.PathLike[str] | None = None,
     }
     if any(SETTINGS.get(k) != v for k, v in wanted.items()):
         SETTINGS.update(wanted)
+    import ultralytics.engine.trainer as trainer_module
+
+    trainer_module.check_amp = amp_check_offline  # the trainer's only AMP check: no unpinned yolo26n.pt download
     return {"config_dir": str(user_dir), "font": str(user_dir / "Arial.ttf"),
             **{k: v for k, v in wanted.items() if k not in ("sync", "tensorboard")}}
+
+
+#: Ultralytics' own list of GPUs whose mixed precision gives NaN losses or zero mAP (``check_amp`` in
+#: ``ultralytics/utils/checks.py``; tests/test_devices.py checks it is still the pinned Ultralytics' pattern).
+AMP_BROKEN_GPUS = r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)"
+
+
+def amp_check_offline(model: Any) -> bool:
+    """Ultralytics' ``check_amp`` without its download: AMP stays on for a GPU unless Ultralytics lists the card as
+    one whose AMP is broken (GTX 16xx, some Quadro T-series), then training runs in fp32. Its other half, comparing a
+    downloaded ``yolo26n.pt``'s detections in fp32 and AMP, is what the course skips (an unpinned pickle)."""
+    import re
+
+    import torch
+
+    device = next(model.parameters()).device
+    if device.type in {"cpu", "mps"}:
+        return False
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        if re.search(AMP_BROKEN_GPUS, name, re.IGNORECASE):
+            print(f"AMP off: Ultralytics lists the {name} among the GPUs whose mixed precision gives NaN losses or "
+                  "zero mAP, so this run trains in fp32.")
+            return False
+    return True
 
 
 def yolo_runs_dir(lesson: str = "08_yolov8_detection") -> Path:
