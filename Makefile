@@ -10,6 +10,7 @@
 #   make demo    the course's web demo (lesson 12) on http://127.0.0.1:7860, login printed at start (SMOKE=1: tiny models)
 #   make llamacpp  optional: compile llama-cpp-python into .venv for lesson 12's GGUF comparison (~45 min on 2 busy cores)
 #   make engines  lesson 13: DDP, FSDP, ZeRO-2, ZeRO-3 on 2 processes (CPUs: gloo, ~1 min); fails if a loss curve strays
+#   make check-copies  check every `# Copied from <source>` block against its source (fix-copies rewrites them)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -27,9 +28,9 @@ ifneq ($(COURSE_LANG),)
 override LANG := C.UTF-8
 endif
 
-.PHONY: setup test unit notebooks lab course bench clean help translations rapids demo llamacpp engines
+.PHONY: setup test unit notebooks lab course bench clean help translations rapids demo llamacpp engines check-copies fix-copies
 help:
-	@sed -n '2,12p' Makefile
+	@sed -n '2,13p' Makefile
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,11 +43,19 @@ $(STAMP): requirements.txt pyproject.toml
 
 setup: $(STAMP)
 
-# Unit tests, then every lesson in smoke mode (tests/test_notebooks.py), on two workers (pytest-xdist; each has its own
-# home and caches, see conftest.py), then one lesson through nbval.
+# The copy check (every `# Copied from` block matches its source), unit tests, then every lesson in smoke mode
+# (tests/test_notebooks.py) on two workers (pytest-xdist; each has its own home and caches, see conftest.py), then
+# one lesson through nbval.
 test: setup
+	$(BIN)/python -m course_utils.runner.copies check
 	$(BIN)/python -m pytest -q -n 2 --dist loadgroup
 	SMOKE=1 $(BIN)/python -m pytest -q -p no:cacheprovider --nbval-lax notebooks/01_sklearn_basics.ipynb
+
+check-copies: setup
+	$(BIN)/python -m course_utils.runner.copies check
+
+fix-copies: setup
+	$(BIN)/python -m course_utils.runner.copies fix
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not notebook"

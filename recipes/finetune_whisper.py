@@ -208,10 +208,12 @@ def load_model(name: str, revision: str | None = None) -> tuple[Any, Any]:
     return model, processor
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():

@@ -38,7 +38,9 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+# Copied from notebooks/07_rag_assistant.ipynb#1f5593e0:ABSTAIN
 ABSTAIN = "The notes do not say."
+# Copied from notebooks/07_rag_assistant.ipynb#1f5593e0:SYSTEM_PROMPT
 SYSTEM_PROMPT = ("You answer questions about the user's notes using only the numbered sources given. After each "
                  "claim, cite the source it comes from as [1], [2], ... If the sources do not contain the answer, "
                  f"reply exactly: {ABSTAIN}")
@@ -79,11 +81,14 @@ def read_notes(folder):
 
 
 # ------------------------------------------------------------------------------------------------ chunking
+# Copied from notebooks/07_rag_assistant.ipynb#23ccd188:HEADING
 HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
 # A piece ends at a line break or after . ! ? followed by a capital: sentences in prose, lines in code and lists.
+# Copied from notebooks/07_rag_assistant.ipynb#d6e3fdc5:PIECE_END
 PIECE_END = re.compile(r"(\n+|(?<=[.!?])[ \t]+(?=[A-Z`\"'(\[]))")
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#23ccd188:split_sections
 def split_sections(text):
     """Markdown -> [(heading chain, body), ...], split at headings; '#' lines inside ``` fences are code."""
     sections, chain, body, in_code = [], [], [], False
@@ -136,6 +141,7 @@ def chunk_text(body, chunk_chars=600, overlap_chars=150):
     return chunks
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#1cbcd233:Chunk with NOTES_DIR->--notes
 @dataclass(frozen=True)
 class Chunk:
     id: str        # "file.md#3": the 4th chunk of file.md
@@ -160,11 +166,13 @@ def chunk_documents(docs, chunk_chars=600, overlap_chars=150):
 
 
 # ----------------------------------------------------------------------------------------------- the index
+# Copied from notebooks/07_rag_assistant.ipynb#17006902:STOPWORDS
 STOPWORDS = frozenset("""a an and are as at be but by do does for from has have how i if in into is it its me my
 no not of on or so such than that the their then there these they this to was what when where which while who why
 will with you your can should""".split())
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#17006902:tokenize
 def tokenize(text):
     """BM25's view of a text: lower-case words and numbers, stop words dropped."""
     return [t for t in re.findall(r"[a-z0-9_]+", text.lower()) if t not in STOPWORDS]
@@ -244,6 +252,7 @@ def read_index(index_dir):
 # ----------------------------------------------------------------------------------------------- retrieval
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#c96d5f52:reciprocal_rank_fusion
 def reciprocal_rank_fusion(rankings, k=60):
     """[[chunk ids, best first], ...] -> [(chunk id, fused score), ...], best first (ties: lower id first)."""
     fused = defaultdict(float)
@@ -305,7 +314,8 @@ class Retriever:
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def _squash(text):
+# Copied from course_utils/topics/rag.py:_squash
+def _squash(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
@@ -346,6 +356,7 @@ def evaluate(retriever, questions_path, ks=(1, 3, 5, 10)):
 # ------------------------------------------------------------------------------------------------ answering
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#1f5593e0:build_messages
 def build_messages(question, context):
     """Chat messages: numbered sources (file and heading shown), then the question."""
     sources = [f"[{n}] {c.source} — {c.heading}\n{c.text}" for n, c in enumerate(context, 1)]
@@ -353,9 +364,11 @@ def build_messages(question, context):
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#1f5593e0:CITATION
 CITATION = re.compile(r"\[(?:sources?\s*)?(\d+(?:\s*,\s*\d+)*)\]", re.IGNORECASE)
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#1f5593e0:extract_citations
 def extract_citations(answer):
     """Source numbers cited as [2], [1, 3] or [Source 2], in order of first appearance."""
     numbers = [int(n) for group in CITATION.findall(answer) for n in group.split(",")]
@@ -373,10 +386,12 @@ def extractive_answer(retriever, question, context_ids, threshold):
     return ABSTAIN if similarity[best] < threshold else f"{candidates[best][1]} [{candidates[best][0]}]"
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():

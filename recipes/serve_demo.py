@@ -41,6 +41,7 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from collections import deque  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 from fastapi import Depends, FastAPI, HTTPException, Request  # noqa: E402
 from fastapi.responses import JSONResponse, StreamingResponse  # noqa: E402
@@ -52,6 +53,7 @@ MAX_HISTORY_CHARS = 4 * MAX_PROMPT_CHARS
 MIN_PASSWORD_CHARS = 12
 MAX_FAILED_LOGINS, FAILED_LOGIN_WINDOW_S = 10, 60.0
 # what answers before the login: the login page, its form, the frontend's own files; everything else needs the login
+# Copied from course_utils/demo/app.py:OPEN_BEFORE_LOGIN
 OPEN_BEFORE_LOGIN = re.compile(r"(GET|HEAD) /|POST /login/?|GET /theme\.css|GET /(assets|static)/.+")
 
 
@@ -75,10 +77,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():
@@ -163,10 +167,10 @@ def check_message(message) -> str:
     return message
 
 
-# Copied from course_utils/demo/tabs.py (bounded_history; tests/test_demo.py checks the two stay the same)
-def bounded_history(history):
-    """User and assistant turns only (no client-sent system prompt), the last MAX_HISTORY_TURNS, then the oldest
-    dropped past MAX_HISTORY_CHARS characters."""
+# Copied from course_utils/demo/tabs.py:bounded_history
+def bounded_history(history: Any) -> list[dict[str, str]]:
+    """The turns of a chat history the model may see: user and assistant text only (a client cannot send a system
+    prompt), the last :data:`MAX_HISTORY_TURNS`, then the oldest dropped past :data:`MAX_HISTORY_CHARS` characters."""
     turns = [{"role": t["role"], "content": t["content"]} for t in (history if isinstance(history, list) else [])
              if isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)]
     turns = turns[-MAX_HISTORY_TURNS:]
@@ -183,16 +187,18 @@ def check_password(password: str) -> str:
     return password
 
 
+# Copied from course_utils/demo/__main__.py:is_loopback
 def is_loopback(host: str) -> bool:
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, localhost)."""
     if host in ("localhost", ""):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name may resolve to any interface
+    except ValueError:  # a host name: it may resolve to any interface
         return False
 
 
-# Copied from course_utils/demo/app.py (FailedLogins)
+# Copied from course_utils/demo/app.py:FailedLogins
 class FailedLogins:
     """Failed logins per client address in a sliding window: :meth:`wait_s` says how long a client must wait."""
 

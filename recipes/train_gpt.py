@@ -321,10 +321,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():
@@ -336,6 +338,7 @@ def bf16_native(device: object = None) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
+# Copied from recipes/train_mnist.py:choose_device
 def choose_device(name: str) -> str:
     """``auto``: the GPU if there is one; else what was asked, e.g. ``cuda:1`` (the second GPU) or ``cpu``."""
     if name == "auto":
@@ -349,6 +352,7 @@ def choose_device(name: str) -> str:
     return name
 
 
+# Copied from recipes/train_mnist.py:choose_dtype
 def choose_dtype(name: str, device: str) -> torch.dtype:
     """auto: bf16 where the card computes it natively, fp16 (with a GradScaler) on older GPUs, fp32 on the CPU."""
     on_gpu = torch.device(device).type == "cuda"
@@ -377,6 +381,7 @@ def lr_at(step: int, max_steps: int, lr: float, min_lr: float, warmup: int) -> f
     return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+# Copied from recipes/train_mnist.py:atomic_save
 def atomic_save(obj, path: Path) -> None:
     """Write to a temporary file next to ``path`` and rename it: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,10 +33,13 @@ from pathlib import Path
 from typing import Any
 
 # LLaVA-1.5's own suffix for short-answer VQA.
+# Copied from course_utils/topics/vlm.py:SHORT_ANSWER
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 # LoRA on the language model only: the vision tower has q_proj/k_proj/v_proj too, hence a regular expression.
+# Copied from course_utils/topics/vlm.py:LANGUAGE_MODEL_PROJECTIONS
 LANGUAGE_MODEL_PROJECTIONS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 # Parts kept in 16-bit when the language model is quantised (matched from the start of a module's name).
+# Copied from course_utils/topics/vlm.py:SKIP_QUANTIZATION
 SKIP_QUANTIZATION = ["model.vision_tower", "model.multi_modal_projector", "lm_head"]
 
 
@@ -75,6 +78,7 @@ def lora_config(r, alpha, dropout):
                       task_type="CAUSAL_LM")
 
 
+# Copied from notebooks/11_llava_vlm.ipynb#8da6281e:vqa_conversation
 def vqa_conversation(question):
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": f"{question}\n{SHORT_ANSWER}"}]}]
 
@@ -98,6 +102,7 @@ def make_collate(processor):
     return collate
 
 
+# Copied from course_utils/topics/vlm.py:_NUMBER_WORDS
 _NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6"}
 
 
@@ -182,10 +187,12 @@ def save_adapter_atomically(model, output_dir):
     return names
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():

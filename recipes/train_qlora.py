@@ -79,10 +79,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # ------------------------------------------------------------------------ the pieces (lesson 06 builds the same)
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():
@@ -113,12 +115,16 @@ def compute_dtype_for(device: str, bf16: bool) -> Any:
     return torch.bfloat16 if bf16 and bf16_native() else torch.float16
 
 
-# copy of course_utils.topics.llm.adapter_in_fp32_for_fp16 (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/topics/llm.py:adapter_in_fp32_for_fp16
 def adapter_in_fp32_for_fp16(model: Any, compute_dtype: Any) -> int:
-    """Pre-Ampere QLoRA: fp16 compute, the LoRA weights in fp32, a gradient scaler. trl's SFTTrainer casts the
-    adapter of a 4-bit model to bf16 (the QLoRA paper's choice; trl/trainer/sft_trainer.py), and fp16 training's
-    GradScaler cannot unscale bf16 gradients (``"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for
-    'BFloat16'`` at the first step), so with fp16 the trainable weights go back to fp32. Returns how many moved."""
+    """Pre-Ampere QLoRA (T4, RTX 20xx: no native bf16): fp16 compute, the LoRA weights in fp32, a gradient scaler.
+
+    trl's ``SFTTrainer`` casts the adapter of a 4-bit model to bf16 (the QLoRA paper's choice;
+    ``trl/trainer/sft_trainer.py``), and fp16 training's GradScaler cannot unscale bf16 gradients
+    (``"_amp_foreach_non_finite_check_and_unscale_cuda" not implemented for 'BFloat16'`` at the first step). Call it
+    after building the trainer and before ``train()``: with fp16 the trainable weights go back to fp32 (a no-op for
+    bf16 or fp32). Returns how many tensors moved. ``recipes/train_qlora.py`` holds a copy.
+    """
     import torch
 
     if compute_dtype != torch.float16:

@@ -28,11 +28,14 @@ import tempfile
 import time
 from pathlib import Path
 
+# Copied from notebooks/09_sd15_lora.ipynb#fc7a0fa0:IMAGE_EXTENSIONS
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# Copied from notebooks/09_sd15_lora.ipynb#6a3de5d9:LORA_TARGET_MODULES
 LORA_TARGET_MODULES = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
 # ------------------------------------------------------------------ the same functions as the lesson's cells
+# Copied from notebooks/09_sd15_lora.ipynb#fc7a0fa0:read_caption_folder
 def read_caption_folder(folder):
     """(image path, caption) pairs from a folder where each image has a same-name .txt caption: cat.png + cat.txt."""
     pairs = []
@@ -48,6 +51,7 @@ def read_caption_folder(folder):
     return pairs
 
 
+# Copied from notebooks/09_sd15_lora.ipynb#fc7a0fa0:split_heldout
 def split_heldout(pairs, num_heldout, seed):
     """Shuffle the pairs with a seed and keep the last ``num_heldout`` apart: they are never trained on."""
     order = list(range(len(pairs)))
@@ -74,10 +78,12 @@ def noise_prediction_loss(unet, text_encoder, noise_scheduler, latents, input_id
     return F.mse_loss(model_pred.float(), noise.float(), reduction="mean")
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():
@@ -119,6 +125,7 @@ def parse_args(argv=None):
     return args
 
 
+# Copied from recipes/train_llava_qlora.py:write_json_atomically
 def write_json_atomically(path, data):
     path = Path(path)
     with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as handle:

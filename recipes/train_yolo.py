@@ -49,6 +49,7 @@ from pathlib import Path
 SPLITS = ("train", "val", "test")
 # the checkpoint names the script fetches by name, and their sha256 (the course's pin for the v8.4.0 release)
 PINNED = {"yolov8n.pt": "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36"}
+# Copied from course_utils/topics/yolo.py:IMAGE_SUFFIXES
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -84,10 +85,12 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-# copy of course_utils.core.gpu.bf16_native (tests/test_bf16_rule.py holds the two the same)
+# Copied from course_utils/core/gpu.py:bf16_native
 def bf16_native(device: object = None) -> bool:
-    """bf16 only where the card computes it natively: compute capability 8.0 (Ampere) or newer. A T4 or an RTX 20xx
-    emulates it (``torch.cuda.is_bf16_supported()`` says yes there): those cards get fp16 with a gradient scaler."""
+    """The course's one bf16 rule: bf16 only where the card computes it natively, compute capability 8.0 (Ampere) or
+    newer. ``torch.cuda.is_bf16_supported()`` also says yes on a T4 or an RTX 20xx (it counts emulation), where bf16
+    is slow and Ultralytics refuses it; those cards get fp16 with a gradient scaler. ``device`` is a CUDA device (index,
+    ``"cuda:1"``, ``torch.device``) or None for the current one; a CPU device, or no GPU, is False."""
     import torch
 
     if not torch.cuda.is_available():
@@ -99,12 +102,13 @@ def bf16_native(device: object = None) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
-# copy of course_utils.topics.yolo.amp_check_offline and AMP_BROKEN_GPUS (tests/test_devices.py holds them the
-# same). Ultralytics' own list of GPUs whose mixed precision gives NaN losses or zero mAP (``check_amp`` in
+# Ultralytics' own list of GPUs whose mixed precision gives NaN losses or zero mAP (``check_amp`` in
 # ``ultralytics/utils/checks.py``; tests/test_devices.py checks it is still the pinned Ultralytics' pattern).
+# Copied from course_utils/topics/yolo.py:AMP_BROKEN_GPUS
 AMP_BROKEN_GPUS = r"(nvidia|geforce|quadro|tesla).*?(1660|1650|1630|t400|t550|t600|t1000|t1200|t2000|k40m)"
 
 
+# Copied from course_utils/topics/yolo.py:amp_check_offline
 def amp_check_offline(model: Any) -> bool:
     """Ultralytics' ``check_amp`` without its download: AMP stays on for a GPU unless Ultralytics lists the card as
     one whose AMP is broken (GTX 16xx, some Quadro T-series), then training runs in fp32. Its other half, comparing a

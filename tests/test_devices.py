@@ -4,7 +4,6 @@ pinned build has no kernels for, an NVIDIA driver too old for its CUDA, ``--devi
 
 from __future__ import annotations
 
-import ast
 import sys
 import threading
 import time
@@ -177,23 +176,10 @@ def test_setup_installs_the_offline_amp_check_and_it_never_downloads(monkeypatch
     assert trainer_module.check_amp(cpu_model) is False
 
 
-def _node(path: Path, name: str) -> str:
-    tree = ast.parse(path.read_text())
-    node = next(n for n in tree.body if (isinstance(n, ast.FunctionDef) and n.name == name)
-                or (isinstance(n, ast.Assign) and any(getattr(t, "id", None) == name for t in n.targets)))
-    if isinstance(node, ast.FunctionDef):
-        if ast.get_docstring(node) is not None:
-            node.body = node.body[1:]
-        node.returns = None
-        for a in node.args.args:
-            a.annotation = None
-    return ast.dump(node)
-
-
 def test_the_yolo_recipe_holds_the_course_amp_check():
-    core, recipe = ROOT / "course_utils" / "topics" / "yolo.py", ROOT / "recipes" / "train_yolo.py"
-    for name in ("amp_check_offline", "AMP_BROKEN_GPUS"):
-        assert _node(core, name) == _node(recipe, name), f"recipes/train_yolo.py's {name} drifted from topics/yolo.py"
+    recipe = ROOT / "recipes" / "train_yolo.py"
+    for name in ("amp_check_offline", "AMP_BROKEN_GPUS"):  # held to their sources by the copy checker
+        assert f"# Copied from course_utils/topics/yolo.py:{name}\n" in recipe.read_text()
     assert "trainer_module.check_amp = amp_check_offline" in recipe.read_text()
 
 
