@@ -180,6 +180,23 @@ def bounded_history(history: Any) -> list[dict[str, str]]:
     return turns
 
 
+# Copied from course_utils/demo/app.py:text_turns
+def text_turns(history: Any) -> list[dict[str, Any]]:
+    """A Gradio chat history as chat-template turns. Gradio 6 hands each message's content over as a list of parts
+    (``[{"type": "text", "text": ...}]``, files): the text parts are joined; a turn with no text is left out."""
+    turns = []
+    for turn in history if isinstance(history, list) else []:
+        if not isinstance(turn, dict):
+            continue
+        content = turn.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text") or "" for part in content
+                              if isinstance(part, dict) and part.get("type") == "text")
+        if isinstance(content, str) and content:
+            turns.append({"role": turn.get("role"), "content": content})
+    return turns
+
+
 def check_password(password: str) -> str:
     if len(password) < MIN_PASSWORD_CHARS:
         raise ValueError(f"The password has {len(password)} characters; use at least {MIN_PASSWORD_CHARS} (or unset "
@@ -319,7 +336,8 @@ def build_app(chat: Chat, password: str, user: str = "learner", system: str | No
         except ValueError as err:
             raise gr.Error(str(err)) from None
         reply = ""
-        for piece in chat.stream(system_turn + bounded_history(history) + [{"role": "user", "content": message}]):
+        for piece in chat.stream(system_turn + bounded_history(text_turns(history))
+                                 + [{"role": "user", "content": message}]):
             reply += piece
             yield reply
 

@@ -734,6 +734,54 @@ def test_the_detector_is_unpickled_only_with_the_sha256_lesson_08_recorded(tmp_p
     assert not marker.exists(), "a checkpoint without a recorded sha256 was unpickled"
 
 
+def test_the_chat_sees_earlier_turns_as_gradio_sends_them():
+    """Gradio 6 sends each earlier message's content as a list of parts: the chat tab (and the recipe's copy of
+    text_turns) must hand the model the turns as text, not drop them."""
+    import gradio as gr
+
+    from course_utils.demo.app import text_turns
+    from course_utils.demo.tabs import bounded_history
+
+    chatbot = gr.Chatbot()
+    sent = chatbot.preprocess(chatbot.postprocess([{"role": "user", "content": "hi"},
+                                                   {"role": "assistant", "content": "hello"}]))
+    assert bounded_history(text_turns(sent)) == [{"role": "user", "content": "hi"},
+                                                 {"role": "assistant", "content": "hello"}]
+    assert "# Copied from course_utils/demo/app.py:text_turns\n" in (ROOT / "recipes" / "serve_demo.py").read_text()
+
+
+def test_a_failing_or_silent_generation_ends_the_chat_stream(tmp_path, monkeypatch):
+    import torch
+
+    from course_utils.core.errors import CourseError
+    from course_utils.demo import tabs
+
+    demo = tabs.Demo(smoke=True, artefacts_dir=tmp_path)
+    with demo.manager.use("chat") as (model, _):
+        pass
+
+    def out_of_memory(**kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(model, "generate", out_of_memory)
+    start = time.monotonic()
+    with pytest.raises(Exception) as err:
+        list(demo.chat_stream("hello"))
+    assert time.monotonic() - start < 5, "the caller waited for the timeout instead of the thread's error"
+    assert "ran out of GPU memory" in str(err.value) and "keeps serving" in str(err.value), err.value
+
+    def silent(**kwargs):
+        time.sleep(1.0)
+
+    with demo.manager.use("chat") as (model, _):  # reloaded: the OOM freed the models
+        pass
+    monkeypatch.setattr(model, "generate", silent)
+    monkeypatch.setattr(tabs, "STREAM_TIMEOUT_S", 0.3)
+    with pytest.raises(CourseError, match="sent nothing"):
+        list(demo.chat_stream("hello"))
+    demo.manager.unload_all()
+
+
 def test_audio_length_is_read_from_the_header_before_decoding(tmp_path, monkeypatch):
     import numpy as np
     import soundfile as sf

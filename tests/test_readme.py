@@ -104,7 +104,7 @@ def test_readme_cartpole_figure_is_the_recorded_one():
     """"a PPO agent that solves CartPole (500 ± 0 on 50 held-out seeds, measured on a CPU)" in the README is lesson 15's
     record, for every agent the sentence names, machine included."""
     readme = (ROOT / "README.md").read_text()
-    claim = re.search(r"(PPO and DQN|PPO|DQN) agents? that solves? CartPole \((\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?) on (\d+) "
+    claim = re.search(r"((?:REINFORCE|PPO|DQN)(?: and (?:REINFORCE|PPO|DQN))*) agents? that solves? CartPole \((\d+(?:\.\d+)?) ± (\d+(?:\.\d+)?) on (\d+) "
                       r"held-out seeds, measured on an? (CPU|GPU)\)", readme)
     assert claim, ("README's electives table should state lesson 15's CartPole figure as 'a PPO agent that solves CartPole "
                    "(N ± S on K held-out seeds, measured on a CPU)'")

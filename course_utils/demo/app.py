@@ -206,6 +206,22 @@ def image_file(image: Any, folder: Path, keep_s: float = 3600.0) -> str:
     return path
 
 
+def text_turns(history: Any) -> list[dict[str, Any]]:
+    """A Gradio chat history as chat-template turns. Gradio 6 hands each message's content over as a list of parts
+    (``[{"type": "text", "text": ...}]``, files): the text parts are joined; a turn with no text is left out."""
+    turns = []
+    for turn in history if isinstance(history, list) else []:
+        if not isinstance(turn, dict):
+            continue
+        content = turn.get("content")
+        if isinstance(content, list):
+            content = "".join(part.get("text") or "" for part in content
+                              if isinstance(part, dict) and part.get("type") == "text")
+        if isinstance(content, str) and content:
+            turns.append({"role": turn.get("role"), "content": content})
+    return turns
+
+
 def build_blocks(demo: Demo) -> Any:
     """The Gradio UI: one tab per lesson piece, each saying which model it uses."""
     import gradio as gr
@@ -217,7 +233,7 @@ def build_blocks(demo: Demo) -> Any:
 
     def chat_fn(message: str, history: list) -> Iterator[str]:
         reply = ""
-        for piece in demo.chat_stream(message, history):
+        for piece in demo.chat_stream(message, text_turns(history)):
             reply += piece
             yield reply
 

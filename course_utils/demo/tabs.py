@@ -41,6 +41,8 @@ MAX_AUDIO_SECONDS = 120
 #: drops the oldest ones past this many characters.
 MAX_HISTORY_TURNS = 20
 MAX_HISTORY_CHARS = 4 * MAX_PROMPT_CHARS
+#: The longest wait for the next piece of a streamed reply once generation has started.
+STREAM_TIMEOUT_S = 120
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 
@@ -199,7 +201,7 @@ class Demo:
         import transformers
 
         # transformers resolves its names lazily, and that is not thread-safe: resolve what request threads use now
-        self._text_streamer = transformers.TextStreamer
+        self._iterator_streamer = transformers.TextIteratorStreamer
         self.smoke = smoke
         self.device = device or ("cuda" if torch.cuda.is_available() and not smoke else "cpu")
         root = artefacts_dir or os.environ.get("DEMO_ARTEFACTS_DIR") or cache_dir()
@@ -356,39 +358,50 @@ class Demo:
     # ----------------------------------------------------------------------------------------- tabs
     def _generate_text(self, messages: list[dict[str, str]], max_new_tokens: int | None = None,
                        seed: int = 0) -> Iterator[str]:
-        """Stream a chat model's reply: a worker thread holds the manager (and its lock) and generates; this
-        generator hands on each finished piece of text as soon as it is decoded."""
-        pieces: queue.Queue = queue.Queue()
+        """Stream a chat model's reply through transformers' ``TextIteratorStreamer`` (lesson 05's loop): a worker
+        thread holds the manager (and its lock), makes the streamer once the model is loaded, hands it over and
+        generates into it; this generator yields each piece of text as soon as it is decoded. An error in the thread
+        (a load that fails, an OOM half-way) ends the stream and is raised here; a model that sends nothing for
+        :data:`STREAM_TIMEOUT_S` seconds becomes one sentence."""
+        handoff: queue.Queue = queue.Queue()  # the streamer, or None when the thread failed before making it
+        failed: list[BaseException] = []
         max_new_tokens = max_new_tokens or self.max_new_tokens
 
         def work() -> None:
+            streamer = None
             try:
                 import torch
-
-                class QueueStreamer(self._text_streamer):
-                    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-                        if text:
-                            pieces.put(("text", text))
 
                 with self.manager.use("chat") as (model, tokenizer):
                     inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
                                                            return_dict=True).to(model.device)
+                    streamer = self._iterator_streamer(tokenizer, skip_prompt=True, skip_special_tokens=True,
+                                                       timeout=STREAM_TIMEOUT_S)
+                    handoff.put(streamer)
                     torch.manual_seed(seed)
                     model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                   streamer=QueueStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True))
-                pieces.put(("end", None))
-            except BaseException as err:  # handed to the caller's thread
-                pieces.put(("error", err))
+                                   streamer=streamer)
+            except BaseException as err:  # raised in the caller's thread, once the stream has ended
+                failed.append(err)
+                if streamer is None:
+                    handoff.put(None)
+                else:
+                    streamer.end()  # wake the reader now, not after the timeout
 
-        threading.Thread(target=work, daemon=True, name="demo-generate").start()
-        while True:
-            kind, value = pieces.get()
-            if kind == "text":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
+        worker = threading.Thread(target=work, daemon=True, name="demo-generate")
+        worker.start()
+        streamer = handoff.get()  # no timeout: the request may wait for the lock and for the model to load
+        if streamer is not None:
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield piece
+            except queue.Empty:
+                raise CourseError(f"The chat model sent nothing for {STREAM_TIMEOUT_S} s and is still busy: try again "
+                                  "in a minute with a shorter message.") from None
+        worker.join()
+        if failed:
+            raise failed[0]
 
     def chat_stream(self, message: Any, history: list[dict[str, str]] | None = None,
                     max_new_tokens: int | None = None) -> Iterator[str]:

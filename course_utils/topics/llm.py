@@ -7,6 +7,7 @@ The API, kept stable because several lessons call it::
     model, tokenizer = load_causal_lm(UNGATED_MODEL_ID)                  # Qwen2.5-7B-Instruct: no licence to accept
     model, tokenizer = load_causal_lm(smoke=True)                        # tiny Llama, built offline, same calls
     model, tokenizer = load_causal_lm(quantization="16bit", device="cuda")
+    source, revision = model_source(MODEL_ID, smoke=SMOKE)               # for a from_pretrained written in a lesson
 
 ``load_causal_lm(model_id=None, smoke=False, quantization=None, revision=None, device=None) -> (model, tokenizer)``
 
@@ -18,6 +19,9 @@ The API, kept stable because several lessons call it::
   ``BitsAndBytesConfig`` a lesson built itself (lesson 06 writes its NF4 config in a cell and passes it here).
 * ``revision``: a commit; ``None`` uses the pinned commit for the course's models (:data:`PINNED_REVISIONS`).
 * ``device``: ``"cuda"`` / ``"cuda:1"`` / ``"cpu"``; ``None`` takes the GPU if there is one.
+
+``model_source(model_id=None, smoke=False, revision=None) -> (source, revision)`` is where those calls load from, after
+the checks a course makes before a 16 GB download; lesson 06 writes its own ``from_pretrained`` call with it.
 
 The model comes back in eval mode; the tokenizer always has a pad token (the end-of-turn token if the model has
 none). ``trust_remote_code`` is never passed: only architectures transformers ships are loaded.
@@ -66,11 +70,10 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     ``BitsAndBytesConfig`` object: it is used as given.
     """
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from course_utils.core.defaults import safe_defaults
     from course_utils.core.gpu import bf16_native, device_type
-    from course_utils.smoke.llm import tiny_llm_dir
 
     defaults = safe_defaults("llm-inference")
     if quantization is None:
@@ -84,19 +87,13 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
     on_gpu = device_type(device) == "cuda"  # "cuda:1" is a GPU too, never the CPU branch
     if on_gpu and not torch.cuda.is_available():
         raise BadParameter(f"device={device!r} but PyTorch sees no GPU; use device=None (or 'cpu'), or {SMOKE_HINT}.")
-    source = str(tiny_llm_dir()) if smoke else (model_id or DEFAULT_MODEL_ID)
-    if revision is None and not smoke:
-        revision = PINNED_REVISIONS.get(source)
     # The unquantised weights (embeddings, norms, LM head) are stored in bf16 where the card has it, else fp16 — and
     # in bf16 on a CPU too, so sizes match the GPU's. The 4-bit layers compute in that dtype on a GPU; on a CPU in
     # fp32, because CPU bf16 matrix products are ~4x slower than fp32 ones on a typical desktop CPU.
     dtype = (torch.bfloat16 if bf16_native(device) else torch.float16) if on_gpu else torch.bfloat16
     quant_config = given_config or quantization_config(quantization, dtype if on_gpu else torch.float32)
-    check_revision(source, revision)  # a local folder, or a hub id pinned to a commit: else one sentence, now
+    source, revision = model_source(model_id, smoke=smoke, revision=revision)
     with hub_errors_explained(source, alternative=UNGATED_HINT):
-        config = AutoConfig.from_pretrained(source, revision=revision)  # one small file: fails fast if gated/offline
-        if not Path(source).is_dir():
-            check_disk_space(estimate_download_gb(config), hf_cache_dir(), what=source, already_gb=cached_gb(source))
         tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
         model = AutoModelForCausalLM.from_pretrained(
             source, revision=revision, dtype=dtype, quantization_config=quant_config,
@@ -111,6 +108,31 @@ def load_causal_lm(model_id: str | None = None, smoke: bool = False, quantizatio
         full = memory.QWEN2_5_7B if "qwen" in str(model_id or DEFAULT_MODEL_ID).lower() else memory.LLAMA_3_1_8B
         ledger.register(model, full.name, shape=full, bits=ledger.quantized_bits(model, default=4))
     return model, tokenizer
+
+
+def model_source(model_id: str | None = None, smoke: bool = False,
+                 revision: str | None = None) -> tuple[str, str | None]:
+    """Where ``from_pretrained`` loads the course's causal LM from: ``(source, revision)``, for either mode.
+
+    Full mode: the hub id (``None``: :data:`DEFAULT_MODEL_ID`) and its pinned commit (:data:`PINNED_REVISIONS`, unless
+    ``revision`` is given), once the checks a course makes before a 16 GB download have passed: a pinned revision, access
+    (the small ``config.json`` is fetched first, so a gated model, a missing token or being offline is one sentence,
+    :class:`ModelAccessError`) and the disk space (:class:`NotEnoughDisk`). A local folder is checked the same way.
+    Smoke mode: the tiny offline Llama's folder (built once) and ``revision`` as given.
+    """
+    from transformers import AutoConfig
+
+    from course_utils.smoke.llm import tiny_llm_dir
+
+    source = str(tiny_llm_dir()) if smoke else (model_id or DEFAULT_MODEL_ID)
+    if revision is None and not smoke:
+        revision = PINNED_REVISIONS.get(source)
+    check_revision(source, revision)  # a local folder, or a hub id pinned to a commit: else one sentence, now
+    with hub_errors_explained(source, alternative=UNGATED_HINT):
+        config = AutoConfig.from_pretrained(source, revision=revision)  # one small file: fails fast if gated/offline
+        if not Path(source).is_dir():
+            check_disk_space(estimate_download_gb(config), hf_cache_dir(), what=source, already_gb=cached_gb(source))
+    return source, revision
 
 
 def adapter_in_fp32_for_fp16(model: Any, compute_dtype: Any) -> int:
