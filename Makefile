@@ -1,6 +1,9 @@
 # Deep learning on one 12 GB GPU — the commands you need:
 #   make test     set everything up (first time only) and run the offline test suite
+#   make doctor   check this machine in seconds (GPU, driver, PyTorch, disk, hub token); paste its block in bug reports
 #   make lab      open JupyterLab on http://127.0.0.1:8888 with a login token
+#   make fetch LESSONS="05 06"   download ahead what those lessons need (resumes, checks hashes; UNGATED=1: no
+#                 gated models); they then run offline. LESSONS=week4 for a week, LESSONS=all for the whole course
 #   make course   run every lesson in full mode and write runs/<time>/report.md  (MODE=smoke for the quick one;
 #                 SKIP_GPU=1 to accept that lessons needing a GPU were skipped)
 #   make translations            build notebooks-fr/, notebooks-zh-Hant/, notebooks-ja/ from translations/
@@ -11,6 +14,7 @@
 #   make llamacpp  optional: compile llama-cpp-python into .venv for lesson 12's GGUF comparison (~45 min on 2 busy cores)
 #   make engines  lesson 13: DDP, FSDP, ZeRO-2, ZeRO-3 on 2 processes (CPUs: gloo, ~1 min); fails if a loss curve strays
 #   make check-copies  check every `# Copied from <source>` block against its source (fix-copies rewrites them)
+#   make canary   the lessons in smoke mode against the newest releases of the packages, in .venv-canary (~20 min)
 SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -28,9 +32,9 @@ ifneq ($(COURSE_LANG),)
 override LANG := C.UTF-8
 endif
 
-.PHONY: setup test unit notebooks lab course bench clean help translations rapids demo llamacpp engines check-copies fix-copies
+.PHONY: setup test unit notebooks lab course bench clean help translations rapids demo llamacpp engines check-copies fix-copies canary doctor fetch
 help:
-	@sed -n '2,13p' Makefile
+	@sed -n '2,/^[^#]/{/^#/p}' Makefile
 
 $(STAMP): requirements.txt pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -56,6 +60,12 @@ check-copies: setup
 
 fix-copies: setup
 	$(BIN)/python -m course_utils.runner.copies fix
+
+# The course doctor (course_utils/doctor.py): a block to paste into a bug report, one sentence per problem. Without
+# `setup` on purpose: it must run when an install half-failed. Exit 1 only when no lesson can run at all.
+doctor:
+	@test -x $(BIN)/python || { echo "doctor: there is no $(VENV) yet: run \`make setup\` first"; exit 1; }
+	@$(BIN)/python -m course_utils.doctor
 
 unit: setup
 	$(BIN)/python -m pytest -q -m "not notebook"
@@ -110,8 +120,21 @@ llamacpp: setup
 	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(BIN)/python -m pip install $(LLAMACPP_SRC).tar.gz sentencepiece==0.2.3
 	$(BIN)/python -c "import llama_cpp; print('llama-cpp-python', llama_cpp.__version__)"
 
+# Download ahead (datasets/assets.toml, course_utils/assets.py): hub files at the pinned commits, plain files checked
+# against the lock's checksums; an interrupted download continues where it stopped when run again.
+fetch: setup
+	@test -n "$(LESSONS)" || { echo 'fetch: say which lessons, e.g. make fetch LESSONS="05 06" (or LESSONS=all)'; exit 1; }
+	$(BIN)/python -m course_utils.assets fetch $(LESSONS)$(if $(filter-out 0,$(UNGATED)), --ungated)
+
 engines: setup
 	$(BIN)/python -m course_utils.topics.multigpu
+
+# Drift canary: a venv of its own (.venv-canary) with the newest release of every package in requirements.txt
+# (unpinned), the course package without dependencies, then every lesson in smoke mode there, offline. It writes
+# build/canary/canary.md (versions; per lesson pass/fail and the first error). Never touches .venv or the pins.
+# LESSONS="05 07" for some lessons; CANARY_ARGS=--reuse to keep the venv already built.
+canary:
+	PYTHONPATH=. $(PYTHON) -m course_utils.runner.canary $(CANARY_ARGS) $(LESSONS)
 
 clean:
 	rm -rf build runs .pytest_cache

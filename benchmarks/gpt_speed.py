@@ -8,12 +8,14 @@ same configuration, interleaving the two so that a busy machine slows both alike
     python benchmarks/gpt_speed.py                                   # ours only
     python benchmarks/gpt_speed.py --nanogpt ~/src/nanoGPT/model.py  # side by side, ratio ours / nanoGPT
     python benchmarks/gpt_speed.py --nanogpt ~/src/nanoGPT/model.py --same_optimizer  # + the models alone
+    python benchmarks/gpt_speed.py --nanogpt ~/src/nanoGPT/model.py --same_optimizer --position learned  # nanoGPT's config
     python benchmarks/gpt_speed.py --device cuda --batch_size 64 --block_size 256 --n_layer 6 --n_head 6 --n_embd 384
 
-Each side trains as its own code does: ours with lesson 04's AdamW (PyTorch's fused kernel, on a GPU and on a CPU),
-nanoGPT with its ``configure_optimizers`` (fused on CUDA only). ``--same_optimizer`` also times our model with
-nanoGPT's optimizer choice, to compare the models alone. Prints one line per measurement and, with ``--json FILE``,
-writes them all there.
+Ours is lesson 04's model as ``course_utils.topics.gpt`` holds it: marked copies of the lesson's cells, the same code
+the recipe runs. Each side trains as its own code does: ours with lesson 04's AdamW (PyTorch's fused kernel, on a GPU
+and on a CPU), nanoGPT with its ``configure_optimizers`` (fused on CUDA only). ``--same_optimizer`` also times our
+model with nanoGPT's optimizer choice, to compare the models alone. Prints one line per measurement and, with
+``--json FILE``, writes them all there.
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--block_size", type=int, default=64, help="context length in tokens")
     p.add_argument("--batch_size", type=int, default=12)
     p.add_argument("--vocab_size", type=int, default=65)
-    p.add_argument("--position", default="rope", choices=("rope", "alibi"), help="our model's position scheme")
+    p.add_argument("--position", default="rope", choices=("rope", "alibi", "learned"),
+                   help="our model's position scheme ('learned': GPT-2's position table, as nanoGPT)")
     p.add_argument("--steps", type=int, default=30, help="timed training steps per repeat (after 5 warm-up steps)")
     p.add_argument("--repeats", type=int, default=3, help="repeats; the median is reported")
     p.add_argument("--gen_tokens", type=int, default=None, help="tokens generated per timing (default block_size - 1)")
@@ -180,6 +183,12 @@ def main(argv: list[str] | None = None) -> dict:
         rows[f"train_tokens_per_s_{name}"] = statistics.median(values)
         print(f"training step, {name}: {statistics.median(values):,.0f} tokens/s (median of {len(values)})")
     if "nanogpt" in speeds:
+        for name in speeds:  # each repeat's ratio: the two ran interleaved, so a repeat is a fair pair
+            if name != "nanogpt":
+                per_repeat = [a / b for a, b in zip(speeds[name], speeds["nanogpt"])]
+                rows[f"train_speed_ratio_per_repeat_{name}"] = per_repeat
+                print(f"{name} / nanoGPT per repeat: " + ", ".join(f"{r:.3f}" for r in per_repeat)
+                      + f" (min {min(per_repeat):.3f}, max {max(per_repeat):.3f})")
         rows["train_speed_ratio_ours_over_nanogpt"] = rows["train_tokens_per_s_ours"] / rows["train_tokens_per_s_nanogpt"]
         print(f"ratio ours / nanoGPT: {rows['train_speed_ratio_ours_over_nanogpt']:.3f}")
         if "ours_foreach_adamw" in speeds:

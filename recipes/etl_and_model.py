@@ -21,40 +21,58 @@ against the zone-rate baseline alone.
 Writes to --output-dir (atomically: a temporary name, then a rename): results.json (row counts, aggregates, test
 metrics, timings per stage, which accelerators were active, library versions) and predictions.npz (test trip ids
 and predicted probabilities), so two runs can be compared number for number.
+
+The generator, the ETL and the model are copies of lesson 17's cells (each under a ``# Copied from`` line): the
+lesson is where they are taught and changed, and ``make fix-copies`` brings this file back in step.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import accuracy_score, roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#fe3cb38d:FEATURES
 FEATURES = ["trip_distance", "duration_min", "speed_mph", "fare_amount", "passenger_count", "hour_sin", "hour_cos",
             "is_weekend", "is_night", "zone_generous_rate"]
+
+
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#5754fb27:GENEROUS
 GENEROUS = 0.20          # a tip of at least 20 % of the fare
+
+
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#a0ea5d95:START
 START = "2026-03-02"     # a Monday: day 0 of the generated month
 
 
-def make_trips(rows: int, seed: int = 0, days: int = 28):
-    """``rows`` taxi-trip-like rows over ``days`` days, from a seeded generator (same seed, same table).
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#a0ea5d95:make_trips
+def make_trips(rows: int, seed: int = 0, days: int = 28, start: str = START):
+    """``rows`` taxi-trip-like rows over ``days`` days from ``start``, from a seeded generator (same seed, same table).
 
     Columns as in public taxi data: pickup/dropoff times, zones (60, Zipf-like popularity), passengers, distance,
     payment type (card/cash), fare and tip. Rush hours are slower, some zones and the night tip more, and ~0.5 % of
     the rows are broken (zero distance, non-positive fare, or a dropoff before the pickup), as in real exports.
     """
-    import pandas as pd
-
     rng = np.random.default_rng(seed)
     profile = np.array([3, 2, 1.5, 1, 1, 1.5, 3, 6, 8, 7, 6, 6, 6.5, 6.5, 6.5, 7, 8, 9, 9, 8, 7, 6, 5, 4], float)
     hour = rng.choice(24, rows, p=profile / profile.sum())
     day = rng.integers(0, days, rows)
     seconds = day * 86_400 + hour * 3_600 + rng.integers(0, 3_600, rows)
-    pickup = np.datetime64(START, "s") + seconds.astype("timedelta64[s]")
+    pickup = np.datetime64(start, "s") + seconds.astype("timedelta64[s]")
     n_zones = 60
     popularity = 1.0 / np.arange(1, n_zones + 1) ** 0.8
     pickup_zone = rng.choice(n_zones, rows, p=popularity / popularity.sum()) + 1
@@ -91,18 +109,32 @@ def make_trips(rows: int, seed: int = 0, days: int = 28):
     })
 
 
-def write_parquet(df, path) -> Path:
-    """Write ``df`` to ``path`` atomically."""
+# Copied from course_utils/core/paths.py:atomic_write
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; it replaces ``path`` only if the block finishes.
+
+    A crash, OOM or Ctrl-C half-way leaves the previous file intact — checkpoints are never lost.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return path
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
-def clean_and_derive(df):
-    """Drop broken rows; add hour, weekday, duration (min), speed (mph), tip share and the features' helpers."""
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#5754fb27:clean_and_derive
+def clean_and_derive(df, generous_share: float = GENEROUS):
+    """Drop broken rows; add hour, weekday, duration (min), speed (mph), tip share, the features' helpers and the
+    label: ``generous`` (a tip of at least ``generous_share`` of the fare)."""
     df = df[(df["trip_distance"] > 0) & (df["fare_amount"] > 0) & (df["dropoff_datetime"] > df["pickup_datetime"])]
     df = df.assign(
         hour=df["pickup_datetime"].dt.hour,
@@ -116,11 +148,12 @@ def clean_and_derive(df):
         hour_cos=np.cos(2 * np.pi * df["hour"] / 24),
         is_weekend=(df["weekday"] >= 5).astype("float64"),
         is_night=((df["hour"] >= 22) | (df["hour"] <= 4)).astype("float64"),
-        generous=(df["tip_amount"] >= GENEROUS * df["fare_amount"]).astype("int64"),
+        generous=(df["tip_amount"] >= generous_share * df["fare_amount"]).astype("int64"),
     )
     return df
 
 
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#5754fb27:aggregates
 def aggregates(df) -> dict:
     """The report: trips, mean fare and speed per hour; card tip share per hour; revenue of the top 10 zones."""
     by_hour = df.groupby("hour").agg(trips=("fare_amount", "size"), mean_fare=("fare_amount", "mean"),
@@ -141,6 +174,7 @@ def aggregates(df) -> dict:
     }
 
 
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#fe3cb38d:split_and_encode
 def split_and_encode(df, test_days: int):
     """Card trips only; the last ``test_days`` days are the test set. Each pickup zone gets its training share of
     generous tips (zones unseen in training get the overall training share): no test label leaks into a feature."""
@@ -155,15 +189,14 @@ def split_and_encode(df, test_days: int):
     return train, test, str(cutoff)
 
 
-def fit_and_score(train, test, seed: int = 0):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, roc_auc_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X_train = train[FEATURES].to_numpy(dtype=np.float64)
+# Copied from notebooks/17_gpu_dataframes_rapids.ipynb#fe3cb38d:fit_and_score
+def fit_and_score(train, test, features):
+    """Fit StandardScaler + LogisticRegression on the training days' ``features`` to predict a generous tip; return
+    the test days' probabilities, the test metrics (with the zone-rate baseline's ROC-AUC) and the fit and predict
+    seconds."""
+    X_train = train[features].to_numpy(dtype=np.float64)
     y_train = train["generous"].to_numpy(dtype=np.int64)
-    X_test = test[FEATURES].to_numpy(dtype=np.float64)
+    X_test = test[features].to_numpy(dtype=np.float64)
     y_test = test["generous"].to_numpy(dtype=np.int64)
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500, tol=1e-6))
     start = time.perf_counter()
@@ -193,8 +226,8 @@ def accelerators() -> dict:
     return active
 
 
-def run(data, output_dir, test_days: int = 7, seed: int = 0) -> dict:
-    import pandas as pd
+def run(data, output_dir, test_days: int = 7) -> dict:
+    """Read, ETL, fit and score, timing each stage (a line per stage as it ends); write the results atomically."""
     import sklearn
 
     out = Path(output_dir)
@@ -203,12 +236,15 @@ def run(data, output_dir, test_days: int = 7, seed: int = 0) -> dict:
     start = time.perf_counter()
     raw = pd.read_parquet(data)
     timings["read_s"] = time.perf_counter() - start
+    print(f"read {len(raw):,} rows in {timings['read_s']:.1f} s", flush=True)
     start = time.perf_counter()
     df = clean_and_derive(raw)
     report = aggregates(df)
     train, test, cutoff = split_and_encode(df, test_days)
     timings["etl_s"] = time.perf_counter() - start
-    proba, metrics, timings["fit_s"], timings["predict_s"] = fit_and_score(train, test, seed)
+    print(f"ETL: {len(df):,} clean rows, {len(train):,} training and {len(test):,} test card trips in "
+          f"{timings['etl_s']:.1f} s; fitting the model", flush=True)
+    proba, metrics, timings["fit_s"], timings["predict_s"] = fit_and_score(train, test, FEATURES)
     timings["total_s"] = sum(timings.values())
     results = {
         "rows_in": int(len(raw)), "rows_clean": int(len(df)), "train_rows": int(len(train)),
@@ -217,11 +253,10 @@ def run(data, output_dir, test_days: int = 7, seed: int = 0) -> dict:
         "versions": {"python": sys.version.split()[0], "pandas": pd.__version__, "scikit-learn": sklearn.__version__,
                      "numpy": np.__version__},
     }
-    tmp = out / ".predictions.tmp.npz"
-    np.savez(tmp, trip_id=test["trip_id"].to_numpy(dtype=np.int64), proba=proba.astype(np.float64))
-    os.replace(tmp, out / "predictions.npz")
-    (out / ".results.json.tmp").write_text(json.dumps(results, indent=1))
-    os.replace(out / ".results.json.tmp", out / "results.json")
+    with atomic_write(out / "predictions.npz") as handle:  # a temporary file, then os.replace
+        np.savez(handle, trip_id=test["trip_id"].to_numpy(dtype=np.int64), proba=proba.astype(np.float64))
+    with atomic_write(out / "results.json", "w") as handle:
+        json.dump(results, handle, indent=1)
     return results
 
 
@@ -235,10 +270,11 @@ def main(argv=None) -> dict:
     p.add_argument("--output-dir", default="runs/etl", help="where results.json and predictions.npz go")
     args = p.parse_args(argv)
     if args.generate and not Path(args.data).exists():
-        write_parquet(make_trips(args.generate, args.seed), args.data)
+        with atomic_write(args.data) as handle:
+            make_trips(args.generate, args.seed).to_parquet(handle, index=False)
     if not Path(args.data).exists():
         sys.exit(f"error: {args.data} does not exist; make it with --generate ROWS")
-    results = run(args.data, args.output_dir, args.test_days, args.seed)
+    results = run(args.data, args.output_dir, args.test_days)
     on = [k for k, v in results["accelerators"].items() if v] or ["none (CPU)"]
     print(f"{results['rows_clean']:,} clean rows; test ROC-AUC {results['model']['test_auc']:.4f} (zone-rate baseline "
           f"{results['model']['baseline_auc']:.4f}); {results['timings']['total_s']:.2f} s; accelerators: {', '.join(on)}")

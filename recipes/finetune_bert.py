@@ -1,7 +1,8 @@
 """Fine-tune a BERT-family encoder for sentence classification with the Hugging Face Trainer: lesson 14 of "Deep
 learning on one 12 GB GPU" in one file.
 
-Needs only transformers, datasets, torch, numpy and scikit-learn. The recipe is the lesson's: a pretrained encoder
+Needs only transformers, datasets, torch, numpy and scikit-learn. The recipe is the lesson's (its tokenisation,
+metric, Trainer setup and baseline are the lesson's cells, copied here): a pretrained encoder
 with a new classification head trained end to end, dynamic padding, AdamW with linear warm-up and decay, mixed
 precision on a GPU, the validation loss evaluated while training, one final score on a test split never trained on,
 next to the baseline it must beat (a bag-of-words logistic regression trained on the same examples), and the model
@@ -21,12 +22,22 @@ loss. Writes ``<output_dir>/model`` (weights, config with label names, tokenizer
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.feature_extraction.text import CountVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                          TrainingArguments)
 
 HUB_SETS = {"glue_sst2": ("nyu-mll/glue", "sst2", "sentence", "validation"),
             "imdb": ("stanfordnlp/imdb", None, "text", "test")}
@@ -88,48 +99,106 @@ def load_splits(args):
     return DatasetDict(train=split["train"], validation=split["test"], test=test)
 
 
-def bag_of_words_accuracy(data) -> float:
-    """The baseline: word counts (no order) and a logistic regression, trained on the same training examples."""
-    import numpy as np
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-
+# Lesson 14's cells, copied: the baseline, the tokenisation, the metric and the Trainer's setup.
+# Copied from notebooks/14_nlp_finetune_bert.ipynb#nlp14-07b:bag_of_words_accuracy
+def bag_of_words_accuracy(train_texts, train_labels, test_texts, test_labels):
+    """The baseline: word counts (no order) and a logistic regression fit on the training sentences; test accuracy."""
     bow = make_pipeline(CountVectorizer(), LogisticRegression(max_iter=1000))
-    bow.fit(data["train"]["text"], data["train"]["label"])
-    return float((bow.predict(data["test"]["text"]) == np.asarray(data["test"]["label"])).mean())
+    bow.fit(train_texts, train_labels)
+    return float((bow.predict(test_texts) == np.asarray(test_labels)).mean())
+
+
+# Copied from notebooks/14_nlp_finetune_bert.ipynb#nlp14-09:tokenize
+def tokenize(data, tokenizer, max_len):
+    """WordPiece ids for every split, [CLS] ... [SEP], cut at `max_len` tokens and not padded (the collator pads each
+    batch to its longest sentence)."""
+    return data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=max_len), batched=True,
+                    remove_columns=["text"])
+
+
+# Copied from notebooks/14_nlp_finetune_bert.ipynb#nlp14-12:accuracy_metric
+def accuracy_metric(prediction):
+    """The metric: the share of sentences whose highest logit is their label (the Trainer passes both)."""
+    return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
+
+
+# Copied from notebooks/14_nlp_finetune_bert.ipynb#nlp14-12:make_trainer
+def make_trainer(model, tokenizer, encoded, output_dir, epochs, batch_size, learning_rate, warmup, eval_every, seed,
+                 device, weight_decay=0.01, callbacks=None):
+    """Full fine-tuning: AdamW, linear warm-up then decay, mixed precision on a GPU, dynamic padding, and the validation
+    loss and accuracy every `eval_every` steps (the table the Trainer shows while it trains)."""
+    args = TrainingArguments(
+        output_dir=str(output_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
+        per_device_eval_batch_size=2 * batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        warmup_steps=warmup, lr_scheduler_type="linear", eval_strategy="steps", eval_steps=eval_every,
+        logging_steps=eval_every, save_strategy="no", fp16=device == "cuda", use_cpu=device == "cpu", seed=seed,
+        report_to="none", dataloader_num_workers=0,
+    )
+    return Trainer(model=model, args=args, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
+                   data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy_metric,
+                   callbacks=callbacks)
+
+
+# Copied from course_utils/core/paths.py:atomic_write
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; it replaces ``path`` only if the block finishes.
+
+    A crash, OOM or Ctrl-C half-way leaves the previous file intact — checkpoints are never lost.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+# Copied from course_utils/core/paths.py:atomic_dir
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder that becomes ``path`` only when the block succeeds (for adapters, model folders)."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import numpy as np
-    import torch
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
-
     data = load_splits(args)
     tokenizer = AutoTokenizer.from_pretrained(args.model_name, revision=args.model_revision)
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model_name, revision=args.model_revision, num_labels=len(args.labels),
         id2label=dict(enumerate(args.labels)), label2id={name: i for i, name in enumerate(args.labels)})
-    encoded = data.map(lambda batch: tokenizer(batch["text"], truncation=True, max_length=args.max_length),
-                       batched=True, remove_columns=["text"])
-    cuda = torch.cuda.is_available()
-
-    def accuracy(prediction):
-        return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
-
+    encoded = tokenize(data, tokenizer, args.max_length)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=args.output_dir, prefix=".trainer-"))
-    training = TrainingArguments(
-        output_dir=str(work), num_train_epochs=args.num_train_epochs,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        per_device_eval_batch_size=2 * args.per_device_train_batch_size, learning_rate=args.learning_rate,
-        weight_decay=args.weight_decay, warmup_steps=args.warmup, lr_scheduler_type="linear", eval_strategy="steps",
-        eval_steps=args.eval_steps, logging_steps=args.eval_steps, save_strategy="no", fp16=cuda, use_cpu=not cuda,
-        seed=args.seed, report_to="none", dataloader_num_workers=0)
-    trainer = Trainer(model=model, args=training, train_dataset=encoded["train"], eval_dataset=encoded["validation"],
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=accuracy)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    trainer = make_trainer(model, tokenizer, encoded, work, args.num_train_epochs, args.per_device_train_batch_size,
+                           args.learning_rate, args.warmup, args.eval_steps, args.seed, device,
+                           weight_decay=args.weight_decay)
     val_loss_before = trainer.evaluate()["eval_loss"]
     start = time.perf_counter()
     trainer.train()
@@ -138,20 +207,17 @@ def main(argv=None) -> dict:
     train_losses = [h["loss"] for h in history if "loss" in h]
     val_losses = [h["eval_loss"] for h in history if "eval_loss" in h]
     test = trainer.predict(encoded["test"])
-    test_accuracy = accuracy(test)["accuracy"]
+    test_accuracy = accuracy_metric(test)["accuracy"]
     labels = np.asarray(encoded["test"]["label"])
     majority = float(np.bincount(labels).max() / len(labels))
-    bow = bag_of_words_accuracy(data)
+    bow = bag_of_words_accuracy(data["train"]["text"], data["train"]["label"], data["test"]["text"],
+                                data["test"]["label"])
     print(f"test accuracy {test_accuracy:.4f} on {len(labels)} held-out examples (bag of words {bow:.4f}, "
           f"majority class {majority:.4f})")
 
-    final = args.output_dir / "model"
-    staging = Path(tempfile.mkdtemp(dir=args.output_dir, prefix=".model-"))
-    trainer.save_model(str(staging))
-    tokenizer.save_pretrained(staging)
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(staging, final)
+    with atomic_dir(args.output_dir / "model") as staging:
+        trainer.save_model(str(staging))
+        tokenizer.save_pretrained(staging)
     shutil.rmtree(work, ignore_errors=True)
 
     metrics = {"model": args.model_name, "model_revision": args.model_revision, "dataset": args.dataset,
@@ -163,10 +229,8 @@ def main(argv=None) -> dict:
                "test_accuracy": test_accuracy, "majority_accuracy": majority, "bow_accuracy": bow,
                "test_accuracy_gain_over_bow": test_accuracy - bow,
                "test_predictions": np.argmax(test.predictions, -1).tolist()}
-    fd, tmp = tempfile.mkstemp(dir=args.output_dir, prefix=".metrics.", suffix=".tmp")
-    with os.fdopen(fd, "w") as handle:
+    with atomic_write(args.output_dir / "metrics.json", "w") as handle:
         json.dump(metrics, handle, indent=1)
-    os.replace(tmp, args.output_dir / "metrics.json")
     return metrics
 
 

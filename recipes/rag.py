@@ -112,6 +112,7 @@ def split_sections(text):
     return sections
 
 
+# Copied from notebooks/07_rag_assistant.ipynb#d6e3fdc5:chunk_text with CHUNK_OVERLAP->--chunk_overlap, CHUNK_CHARS->--chunk_chars
 def chunk_text(body, chunk_chars=600, overlap_chars=150):
     """Pack sentences into chunks of at most chunk_chars; each chunk starts with the last whole sentences
     (up to overlap_chars) of the one before."""

@@ -65,12 +65,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------------ the model
 
-def conv_bn(c_in: int, c_out: int) -> nn.Sequential:
+WIDTHS = (64, 128, 256, 512)  # channels of the four stages (--widths)
+
+# Copied from notebooks/03_cifar10_fast_cnn.ipynb#a390c22c:conv_bn
+def conv_bn(c_in, c_out):
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
 
 
+# Copied from notebooks/03_cifar10_fast_cnn.ipynb#a390c22c:Residual
 class Residual(nn.Module):
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels):
         super().__init__()
         self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
 
@@ -78,8 +82,9 @@ class Residual(nn.Module):
         return x + self.body(x)
 
 
+# Copied from notebooks/03_cifar10_fast_cnn.ipynb#a390c22c:Scale
 class Scale(nn.Module):
-    def __init__(self, factor: float) -> None:
+    def __init__(self, factor):
         super().__init__()
         self.factor = factor
 
@@ -87,8 +92,8 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def resnet9(widths=(64, 128, 256, 512), num_classes: int = 10) -> nn.Sequential:
-    """Lesson 03's ResNet-9 (the DAWNBench record network)."""
+# Copied from notebooks/03_cifar10_fast_cnn.ipynb#a390c22c:resnet9
+def resnet9(widths=WIDTHS, num_classes=10):
     w0, w1, w2, w3 = widths
     return nn.Sequential(
         conv_bn(3, w0),

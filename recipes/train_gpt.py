@@ -1,8 +1,8 @@
 """Train a character-level GPT on any text file, then sample from it: lesson 04 of "Deep learning on one 12 GB GPU"
 in one file.
 
-Needs only PyTorch. The model is the lesson's (pre-norm decoder, RoPE or ALiBi, SDPA attention, tied embeddings, a KV
-cache for generation), trained the lesson's way: AdamW with decay on matrices only, linear warm-up then cosine decay,
+Needs only PyTorch. The model is the lesson's, in marked copies of its cells (pre-norm decoder, RoPE, ALiBi or learned positions, SDPA attention, tied
+embeddings, a KV cache for generation), trained the lesson's way: AdamW with decay on matrices only, linear warm-up then cosine decay,
 gradient clipping, bf16 autocast on a GPU that computes it natively (fp16 and a gradient scaler on older ones). The
 last 10 % of the text is held out for the validation loss.
 
@@ -32,8 +32,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 # =============================================================================================== the model
-# (lesson 04 imports this very code through course_utils/topics/gpt.py: the lesson and the recipe are one model)
+# Marked copies of lesson 04's cells (notebooks/04_gpt_from_scratch.ipynb): edit the lesson, then run
+# `make fix-copies` (`make check-copies` fails while a copy differs from its cell).
 
+# Copied from notebooks/04_gpt_from_scratch.ipynb#7befa40b:GPTConfig
 @dataclass
 class GPTConfig:
     vocab_size: int = 65
@@ -43,146 +45,113 @@ class GPTConfig:
     n_embd: int = 384
     dropout: float = 0.2
     bias: bool = False  # biases in Linear/LayerNorm: no gain at this size, a little slower
-    position: str = "rope"  # "rope" (rotary embeddings) or "alibi" (linear distance penalty)
+    position: str = "rope"  # "rope" (rotary embeddings), "alibi" (linear distance penalty) or "learned" (GPT-2's table)
 
     def __post_init__(self) -> None:
-        if self.position not in ("rope", "alibi"):
-            raise ValueError(f"position must be 'rope' or 'alibi', not {self.position!r}.")
+        if self.position not in ("rope", "alibi", "learned"):
+            raise ValueError(f"position must be 'rope', 'alibi' or 'learned', not {self.position!r}.")
         if self.n_embd % self.n_head or (self.n_embd // self.n_head) % 2:
             raise ValueError(f"n_embd ({self.n_embd}) must split into {self.n_head} heads of an even size.")
 
 
-# --- positions -------------------------------------------------------------------------------------------------
-
-def rope_tables(head_dim: int, max_len: int, base: float = 10000.0) -> torch.Tensor:
-    """The rotation of every position (rows) and channel pair (columns), as unit complex numbers e^(i * angle).
-
-    Pair j turns by ``position * base^(-2j / head_dim)`` radians: fast rotations in the first pairs, slow in the last.
-    Stored as real (max_len, head_dim/2, 2) = (cos, sin), so ``model.to(dtype)`` cannot drop the imaginary part.
-    """
-    inv_freq = 1.0 / base ** (torch.arange(0, head_dim, 2).float() / head_dim)  # fast ... slow rotations
-    angles = torch.outer(torch.arange(max_len).float(), inv_freq)  # (max_len, head_dim/2)
-    return torch.stack([angles.cos(), angles.sin()], dim=-1)
+# Copied from notebooks/04_gpt_from_scratch.ipynb#c20c102d:rope_angles
+def rope_angles(head_dim, max_len, base=10000.0):
+    """cos and sin of every position's angles (rows) for every channel (columns): two (max_len, head_dim). Channel j
+    and channel j + head_dim/2 form a pair and turn by the same angle."""
+    speeds = base ** (-torch.arange(0, head_dim, 2).float() / head_dim)  # radians per position: fast ... slow
+    angles = torch.outer(torch.arange(max_len).float(), speeds)  # (max_len, head_dim/2): one angle per pair
+    angles = torch.cat([angles, angles], dim=-1)  # the same angle for both channels of a pair
+    return angles.cos(), angles.sin()
 
 
-def _rotate(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Channel pairs of x as complex numbers ``x[2j] + i x[2j+1]``, times the unit complex numbers ``rot``, in fp32."""
-    x = x.float()
-    try:
-        pairs = torch.view_as_complex(x.unflatten(-1, (-1, 2)))  # a view: no copy
-    except RuntimeError:  # strides a complex view cannot have: copy first
-        pairs = torch.view_as_complex(x.contiguous().unflatten(-1, (-1, 2)))
-    return torch.view_as_real(pairs * rot).flatten(-2)
+# Copied from notebooks/04_gpt_from_scratch.ipynb#c20c102d:rotate_half
+def rotate_half(x):
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: every pair turned by 90 degrees."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
 
 
-def apply_rope(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
-    """Rotate each channel pair (x[2j], x[2j+1]) of x (..., head_dim) by its position's angle.
-
-    A rotation in the plane is a multiplication by a unit complex number: read each pair as ``x[2j] + i x[2j+1]``
-    and multiply by ``cos + i sin`` from :func:`rope_tables` (``rot``: (..., head_dim/2, 2), broadcast against x).
-    One complex product instead of four real products and a concatenation: the same numbers, faster.
-    """
-    return _rotate(x, torch.view_as_complex(rot.float().contiguous())).to(x.dtype)
+# Copied from notebooks/04_gpt_from_scratch.ipynb#c20c102d:apply_rope
+def apply_rope(x, cos, sin):
+    """Rotate each channel pair (x[..., j], x[..., j + head_dim/2]) by its position's angle: the pair (x1, x2) becomes
+    (x1 cos - x2 sin, x2 cos + x1 sin). cos and sin (from rope_angles) broadcast against x, in x's dtype."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
 
 
-class _HeadsWithRope(torch.autograd.Function):
-    """The model's fast path: split the fused projections (B, T, 3, n_head, head_dim) into q, k, v heads
-    (B, n_head, T, head_dim) and rotate q and k as :func:`apply_rope` does, with the gradient written out: the gradient
-    of a rotation is the opposite rotation (the conjugate), and the three gradients go straight into one buffer.
-    Autograd would get the same numbers through the complex views and the slices, several times slower on a CPU."""
-
-    @staticmethod
-    def forward(ctx, qkv: torch.Tensor, rot: torch.Tensor):
-        rot = torch.view_as_complex(rot.float().contiguous())  # (T, head_dim/2): cos + i sin
-        ctx.save_for_backward(rot)
-        qk = _rotate(qkv[:, :, :2], rot[:, None, None]).to(qkv.dtype)  # queries and keys in one product
-        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2).clone()
-
-    @staticmethod
-    def backward(ctx, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor):
-        (rot,) = ctx.saved_tensors
-        back = rot.conj()[:, None]  # cos - i sin: rotate back
-        B, H, T, D = dv.shape
-        grad = dv.new_empty(B, T, 3, H, D)
-        grad[:, :, 0] = _rotate(dq.transpose(1, 2), back)
-        grad[:, :, 1] = _rotate(dk.transpose(1, 2), back)
-        grad[:, :, 2] = dv.transpose(1, 2)
-        return grad, None
-
-
-def alibi_slopes(n_head: int) -> torch.Tensor:
+# Copied from notebooks/04_gpt_from_scratch.ipynb#a03e73ca:alibi_slopes
+def alibi_slopes(n_head):
     """One slope per head, a geometric sequence 2^(-8/n), 2^(-16/n), ...: some heads look far, some near."""
     return torch.tensor([2 ** (-8 * (h + 1) / n_head) for h in range(n_head)])
 
 
-# --- the blocks ------------------------------------------------------------------------------------------------
-
+# Copied from notebooks/04_gpt_from_scratch.ipynb#b7cf4994:CausalSelfAttention
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    """All heads at once: one matrix product for queries, keys and values, positions (RoPE), then SDPA."""
+
+    def __init__(self, config):
         super().__init__()
-        self.n_head, self.dropout = config.n_head, config.dropout
-        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # queries, keys, values at once
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+        self.qkv = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
         self.proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_drop = nn.Dropout(config.dropout)
 
-    def forward(self, x, mask, rope, cache=None, layer=0):
+    def forward(self, x, cos=None, sin=None, mask=None, cache=None, layer=0):
         B, T, C = x.shape
-        # one matrix product for queries, keys and values; (B, T, C) -> (B, T, 3, n_head, head_dim)
-        qkv = self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head)
-        # -> q, k, v of shape (B, n_head, T, head_dim): every head attends on its own slice of the channels
-        if rope is not None:  # RoPE: queries and keys rotated by their positions' angles (rope: (T, head_dim/2, 2))
-            q, k, v = _HeadsWithRope.apply(qkv, rope)
-        else:
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if cache is not None:
-            k, v = cache.update(layer, k, v)  # prepend the keys/values of every earlier token
+        # (B, T, 3, n_head, head_dim): queries, keys and values, each head on its own slice of the channels; then
+        # (B, n_head, T, head_dim) each, the layout SDPA takes (views: nothing is copied, as in nanoGPT)
+        q, k, v = (t.transpose(1, 2) for t in self.qkv(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(2))
+        if cos is not None:  # RoPE: turn queries and keys by their positions' angles (cos, sin: (T, head_dim))
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:  # generation: prepend the keys and values of every earlier token
+            k, v = cache.update(layer, k, v)
         if mask is not None and mask.is_floating_point():
             mask = mask.to(q.dtype)
         # no mask: causal among these T tokens (SDPA's built-in mask), or one new token that sees every cached key
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)  # heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # the heads side by side again
         return self.resid_drop(self.proj(y))
 
 
+# Copied from notebooks/04_gpt_from_scratch.ipynb#96116b78:MLP
 class MLP(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    """Each token on its own: widen to 4 x n_embd, GELU, project back."""
+
+    def __init__(self, n_embd, dropout=0.0, bias=False):
         super().__init__()
-        self.up = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.down = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.drop = nn.Dropout(config.dropout)
+        self.up = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.down = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.drop = nn.Dropout(dropout)
 
     def forward(self, x):
         return self.drop(self.down(F.gelu(self.up(x))))
 
 
+# Copied from notebooks/04_gpt_from_scratch.ipynb#c548654f:Block
 class Block(nn.Module):
-    """Pre-norm transformer block: x + attention(norm(x)), then x + mlp(norm(x))."""
+    """The ladder's last rung with the fused attention: x + attention(norm(x)), then x + mlp(norm(x))."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config):
         super().__init__()
         self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.attn = CausalSelfAttention(config)
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.mlp = MLP(config)
+        self.mlp = MLP(config.n_embd, config.dropout, config.bias)
 
-    def forward(self, x, mask, rope, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), mask, rope, cache, layer)  # tokens talk to each other
+    def forward(self, x, cos=None, sin=None, mask=None, cache=None, layer=0):
+        x = x + self.attn(self.ln_1(x), cos, sin, mask, cache, layer)  # tokens talk to each other
         return x + self.mlp(self.ln_2(x))  # each token thinks on its own
 
 
-# --- the KV cache ----------------------------------------------------------------------------------------------
-
+# Copied from notebooks/04_gpt_from_scratch.ipynb#ffafc566:KVCache
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, so a new token need not recompute them."""
 
-    def __init__(self, config: GPTConfig) -> None:
-        self.max_len, self.pos = config.block_size, 0  # pos: tokens already cached
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
-        self.n_layer = config.n_layer
+    def __init__(self, config):
+        self.max_len, self.n_layer, self.pos = config.block_size, config.n_layer, 0  # pos: tokens already cached
+        self.k = self.v = None
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer, k, v):
         B, H, T, D = k.shape
         if self.k is None:  # allocate once, for the whole context, in the dtype the model computes in
             self.k = k.new_zeros(self.n_layer, B, H, self.max_len, D)
@@ -193,26 +162,39 @@ class KVCache:
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
-# --- the model -------------------------------------------------------------------------------------------------
+# Copied from notebooks/04_gpt_from_scratch.ipynb#c963dc96:sample_next
+def sample_next(logits, temperature=1.0, top_k=None, generator=None):
+    """One next token per row of logits (batch, vocabulary); temperature 0 picks the likeliest."""
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    logits = logits / temperature  # below 1: sharper, above 1: flatter
+    if top_k is not None:  # keep the k likeliest tokens, drop the long tail
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    return torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
 
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#74a0e8e6:GPT
 class GPT(nn.Module):
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config):
         super().__init__()
         self.config = config
         self.tok_emb = nn.Embedding(config.vocab_size, config.n_embd)
+        # GPT-2 (and nanoGPT): one learned vector per position, added to the token's
+        self.pos_emb = nn.Embedding(config.block_size, config.n_embd) if config.position == "learned" else None
         self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
         self.ln_f = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying: one matrix reads and writes tokens
-        # built once, sliced at every step: the rotations of RoPE, and ALiBi's distance penalty with the causal mask
-        self.register_buffer("rope", rope_tables(config.n_embd // config.n_head, config.block_size), persistent=False)
-        self.register_buffer("alibi_slopes", alibi_slopes(config.n_head), persistent=False)
+        # built once, sliced at every step: RoPE's angles, the causal mask, ALiBi's penalty (with the causal -inf)
+        cos, sin = rope_angles(config.n_embd // config.n_head, config.block_size)
+        self.register_buffer("cos", cos, persistent=False)  # (position, head_dim): the same for every head
+        self.register_buffer("sin", sin, persistent=False)
         pos = torch.arange(config.block_size)
-        causal = pos[None, :] <= pos[:, None]  # (T, T): query row t may see key columns 0..t
-        self.register_buffer("causal", causal, persistent=False)
+        self.register_buffer("causal", pos[None, :] <= pos[:, None], persistent=False)  # row t sees columns 0..t
         distance = (pos[:, None] - pos[None, :]).float()
-        alibi = (-self.alibi_slopes[:, None, None] * distance).masked_fill(~causal, float("-inf"))
+        alibi = (-alibi_slopes(config.n_head)[:, None, None] * distance).masked_fill(~self.causal, float("-inf"))
         self.register_buffer("alibi", alibi if config.position == "alibi" else None, persistent=False)
         self.apply(self._init_weights)
         for name, p in self.named_parameters():  # GPT-2: scale the residual projections down by depth
@@ -220,33 +202,35 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     @staticmethod
-    def _init_weights(module: nn.Module) -> None:
+    def _init_weights(module):
         if isinstance(module, (nn.Linear, nn.Embedding)):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if isinstance(module, nn.Linear) and module.bias is not None:
             nn.init.zeros_(module.bias)
 
-    def num_params(self) -> int:
+    def num_params(self):
         return sum(p.numel() for p in self.parameters())  # the tied matrix counts once
 
-    def attention_mask(self, start: int, T: int) -> torch.Tensor | None:
-        """What queries at positions start..start+T-1 may see of keys 0..start+T-1. None means no mask tensor: plain
-        causal from the start (SDPA's built-in mask, the fastest kernels), or a single new token during generation,
-        which sees every key (no mask to build and convert in every layer, for every token)."""
+    def attention_mask(self, start, T):
+        """What queries at positions start..start+T-1 may see of keys 0..start+T-1. None: no mask tensor, either plain
+        causal from the start (SDPA's built-in mask, the fastest kernels) or one new token, which sees every key."""
         if self.config.position == "alibi":  # additive: -slope x distance, -inf for the future
             return self.alibi[:, start:start + T, :start + T]
         return None if start == 0 or T == 1 else self.causal[start:start + T, :start + T]
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, cache: KVCache | None = None):
+    def forward(self, idx, targets=None, cache=None):
         B, T = idx.shape
         start = cache.pos if cache is not None else 0  # position of idx[:, 0] in the text
         if start + T > self.config.block_size:
             raise ValueError(f"{start + T} tokens exceed the context of {self.config.block_size}; crop the input.")
         mask = self.attention_mask(start, T)
-        rope = self.rope[start:start + T] if self.config.position == "rope" else None
-        x = self.drop(self.tok_emb(idx))
+        cos, sin = (self.cos[start:start + T], self.sin[start:start + T]) if self.config.position == "rope" else (None, None)
+        x = self.tok_emb(idx)
+        if self.pos_emb is not None:  # positions start.. : a cached step continues where the cache ends
+            x = x + self.pos_emb(torch.arange(start, start + T, device=idx.device))
+        x = self.drop(x)
         for layer, block in enumerate(self.blocks):
-            x = block(x, mask, rope, cache, layer)
+            x = block(x, cos, sin, mask, cache, layer)
         if cache is not None:
             cache.pos += T
         logits = self.lm_head(self.ln_f(x))
@@ -254,9 +238,8 @@ class GPT(nn.Module):
         return logits, loss
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Append ``max_new_tokens`` sampled tokens to ``idx`` (B, T). ``temperature=0`` picks the likeliest."""
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, use_cache=True, generator=None):
+        """Append max_new_tokens sampled tokens to idx (batch, time), one at a time."""
         cache = None
         for _ in range(max_new_tokens):
             if use_cache and cache is not None and cache.pos < self.config.block_size:
@@ -264,20 +247,85 @@ class GPT(nn.Module):
             else:  # first step, no cache, or a full context: (re)compute the last block_size tokens
                 cache = KVCache(self.config) if use_cache else None
                 logits, _ = self(idx[:, -self.config.block_size:], cache=cache)
-            logits = logits[:, -1, :].float()
-            if temperature == 0:
-                next_id = logits.argmax(dim=-1, keepdim=True)
-            else:
-                logits = logits / temperature
-                if top_k is not None:  # keep the k likeliest tokens, drop the long tail
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                next_id = torch.multinomial(F.softmax(logits, dim=-1), 1, generator=generator)
-            idx = torch.cat([idx, next_id], dim=1)
+            idx = torch.cat([idx, sample_next(logits[:, -1, :].float(), temperature, top_k, generator)], dim=1)
         return idx
 
 
+# Copied from notebooks/04_gpt_from_scratch.ipynb#2ceb5fe1:CharTokenizer
+class CharTokenizer:
+    """One token per character: the vocabulary is the set of characters in the training text."""
+
+    def __init__(self, text: str) -> None:
+        self.chars = sorted(set(text))
+        self.stoi = {ch: i for i, ch in enumerate(self.chars)}
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted(set(text) - self.stoi.keys())
+        if unknown:
+            raise ValueError(f"characters not in the vocabulary: {''.join(unknown)!r}; use only characters of the "
+                             "training text.")
+        return [self.stoi[ch] for ch in text]
+
+    def decode(self, ids) -> str:  # ids: a list of ints or a 1-D tensor
+        return "".join(self.chars[int(i)] for i in ids)
+
+
 # ============================================================================================ the training
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#653f1f06:get_batch
+def get_batch(data, block_size, batch_size, generator=None, device="cpu"):
+    """batch_size random windows of block_size tokens, and the same windows shifted one token left (the targets)."""
+    starts = torch.randint(len(data) - block_size - 1, (batch_size,), generator=generator)
+    x = torch.stack([data[s:s + block_size] for s in starts])
+    y = torch.stack([data[s + 1:s + 1 + block_size] for s in starts])
+    return x.to(device), y.to(device)
+
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#4c6ffa50:autocast
+def autocast(device, dtype):
+    """Mixed precision in dtype (bf16 or fp16) on a GPU; in fp32 a context that changes nothing."""
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype != torch.float32)
+
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#4c6ffa50:estimate_loss
+@torch.no_grad()
+def estimate_loss(model, splits, *, block_size, batch_size, eval_iters, device, dtype=torch.float32, seed=0):
+    """The mean loss over eval_iters batches of each split; seeded, so every call scores the same text."""
+    model.eval()
+    out = {}
+    for name, data in splits.items():
+        g = torch.Generator().manual_seed(seed)
+        losses = []
+        for _ in range(eval_iters):
+            x, y = get_batch(data, block_size, batch_size, g, device)
+            with autocast(device, dtype):
+                losses.append(model(x, y)[1].item())
+        out[name] = sum(losses) / len(losses)
+    model.train()
+    return out
+
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#ee09f637:make_optimizer
+def make_optimizer(model, lr, weight_decay):
+    """AdamW, weight decay on matrices only (LayerNorm gains undecayed), the fused kernel (GPU and CPU)."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]  # weight matrices and the (tied) embedding
+    no_decay = [p for p in model.parameters() if p.dim() < 2]  # LayerNorm gains
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), fused=True)
+
+
+# Copied from notebooks/04_gpt_from_scratch.ipynb#ee09f637:lr_at
+def lr_at(step, max_steps, lr, min_lr, warmup):
+    """Linear warm-up to lr, then cosine decay to min_lr at max_steps."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
@@ -291,7 +339,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     m.add_argument("--n_embd", type=int, default=384)
     m.add_argument("--block_size", type=int, default=256, help="context length in characters")
     m.add_argument("--dropout", type=float, default=0.2)
-    m.add_argument("--position", default="rope", choices=("rope", "alibi"))
+    m.add_argument("--position", default="rope", choices=("rope", "alibi", "learned"))
     t = p.add_argument_group("training")
     t.add_argument("--max_steps", type=int, default=5000, help="optimizer steps (default 5000)")
     t.add_argument("--batch_size", type=int, default=64, help="sequences per micro-batch (default 64)")
@@ -310,6 +358,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     t.add_argument("--seed", type=int, default=1337)
     s = p.add_argument_group("sampling after training")
     s.add_argument("--sample_tokens", type=int, default=500, help="characters to generate into sample.txt (0: none)")
+    s.add_argument("--eval_sample_tokens", type=int, default=80,
+                   help="characters of a sample printed at each evaluation, to watch the model learn (0: none)")
     s.add_argument("--temperature", type=float, default=0.8)
     s.add_argument("--top_k", type=int, default=20)
     args = p.parse_args(argv)
@@ -406,43 +456,19 @@ def main(argv=None) -> dict:
     device = choose_device(args.device)
     dtype = choose_dtype(args.dtype, device)
     text = args.text_file.read_text(encoding="utf-8")
-    chars = sorted(set(text))
-    stoi = {ch: i for i, ch in enumerate(chars)}
-    data = torch.tensor([stoi[ch] for ch in text], dtype=torch.long)
+    tok = CharTokenizer(text)
+    data = torch.tensor(tok.encode(text), dtype=torch.long)
     n_train = int((1 - args.val_fraction) * len(data))
     splits = {"train": data[:n_train], "val": data[n_train:]}
     if min(len(d) for d in splits.values()) <= args.block_size + 1:
         raise SystemExit(f"{args.text_file} is too short for --block_size {args.block_size} with a "
                          f"{args.val_fraction:.0%} validation split: use a longer text or a shorter block")
-
-    def get_batch(split: str, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        d = splits[split]
-        starts = torch.randint(len(d) - args.block_size - 1, (args.batch_size,), generator=generator)
-        x = torch.stack([d[s:s + args.block_size] for s in starts])
-        y = torch.stack([d[s + 1:s + 1 + args.block_size] for s in starts])
-        return x.to(device), y.to(device)
-
     device_type = torch.device(device).type  # autocast and the scaler want "cuda", also for --device cuda:1
+    eval_settings = dict(block_size=args.block_size, batch_size=args.batch_size, eval_iters=args.eval_iters,
+                         device=device, dtype=dtype, seed=args.seed + 1)  # the same batches every evaluation
+    prompt = torch.tensor([[tok.stoi.get("\n", 0)]], device=device)  # samples start from a blank line
 
-    def autocast():
-        return torch.autocast(device_type=device_type, dtype=dtype, enabled=dtype != torch.float32)
-
-    @torch.no_grad()
-    def estimate_loss(model: GPT) -> dict[str, float]:
-        model.eval()
-        out = {}
-        for split in ("train", "val"):
-            g = torch.Generator().manual_seed(args.seed + 1)  # the same batches every evaluation
-            losses = []
-            for _ in range(args.eval_iters):
-                x, y = get_batch(split, g)
-                with autocast():
-                    losses.append(model(x, y)[1].item())
-            out[split] = sum(losses) / len(losses)
-        model.train()
-        return out
-
-    config = GPTConfig(vocab_size=len(chars), block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
+    config = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block_size, n_layer=args.n_layer, n_head=args.n_head,
                        n_embd=args.n_embd, dropout=args.dropout, position=args.position)
     model = GPT(config).to(device)
     optimizer = make_optimizer(model, args.lr, args.weight_decay)
@@ -450,25 +476,33 @@ def main(argv=None) -> dict:
     min_lr = args.lr / 10 if args.min_lr is None else args.min_lr
     batches = torch.Generator().manual_seed(args.seed)
     history: dict[str, list] = {"step": [], "train_loss": [], "val_loss": []}
-    print(f"{len(text):,} characters, vocabulary {len(chars)}, {model.num_params() / 1e6:.2f} M parameters, {device} {dtype}")
+    print(f"{len(text):,} characters, vocabulary {tok.vocab_size}, {model.num_params() / 1e6:.2f} M parameters, "
+          f"{device} {dtype}")
     eval_seconds, start = 0.0, time.perf_counter()
     model.train()
     for step in range(args.max_steps + 1):
         if step % args.eval_interval == 0 or step == args.max_steps:
             t0 = time.perf_counter()
-            losses = estimate_loss(model)
+            losses = estimate_loss(model, splits, **eval_settings)
+            sample = ""
+            if args.eval_sample_tokens > 0:  # a sample with the same random draws every time: only the model changes
+                model.eval()
+                out = model.generate(prompt, args.eval_sample_tokens, temperature=args.temperature, top_k=args.top_k,
+                                     generator=torch.Generator(device).manual_seed(args.seed))
+                model.train()
+                sample = f" | {tok.decode(out[0, 1:])!r}"
             eval_seconds += time.perf_counter() - t0
             history["step"].append(step)
             history["train_loss"].append(losses["train"])
             history["val_loss"].append(losses["val"])
-            print(f"step {step:5d}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}", flush=True)
+            print(f"step {step:5d}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}{sample}", flush=True)
         if step == args.max_steps:
             break
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, args.max_steps, args.lr, min_lr, args.warmup_steps)
         for _ in range(args.grad_accum):
-            x, y = get_batch("train", batches)
-            with autocast():
+            x, y = get_batch(splits["train"], args.block_size, args.batch_size, batches, device)
+            with autocast(device, dtype):
                 _, loss = model(x, y)
             scaler.scale(loss / args.grad_accum).backward()
         if args.grad_clip > 0:
@@ -479,19 +513,18 @@ def main(argv=None) -> dict:
         optimizer.zero_grad(set_to_none=True)
     train_seconds = time.perf_counter() - start - eval_seconds
 
-    atomic_save({"config": asdict(config), "chars": chars, "model": model.state_dict(), "step": args.max_steps},
+    atomic_save({"config": asdict(config), "chars": tok.chars, "model": model.state_dict(), "step": args.max_steps},
                 args.output_dir / "ckpt.pt")
     sample = ""
     if args.sample_tokens > 0:
         model.eval()
-        prompt = torch.tensor([[stoi.get("\n", 0)]], device=device)
         out = model.generate(prompt, args.sample_tokens, temperature=args.temperature, top_k=args.top_k,
                              generator=torch.Generator(device).manual_seed(args.seed))
-        sample = "".join(chars[int(i)] for i in out[0, 1:])
+        sample = tok.decode(out[0, 1:])
         atomic_save(sample.encode(), args.output_dir / "sample.txt")
     metrics = {"first_train_loss": history["train_loss"][0], "last_train_loss": history["train_loss"][-1],
                "first_val_loss": history["val_loss"][0], "val_loss": history["val_loss"][-1],
-               "uniform_loss": math.log(len(chars)), "val_perplexity": math.exp(history["val_loss"][-1]),
+               "uniform_loss": math.log(tok.vocab_size), "val_perplexity": math.exp(history["val_loss"][-1]),
                "history": history, "train_seconds": train_seconds,
                "tokens_per_s": args.max_steps * args.grad_accum * args.batch_size * args.block_size / train_seconds,
                "n_params": model.num_params(), "config": asdict(config), "device": device,

@@ -85,6 +85,7 @@ def vqa_conversation(question):
 
 def make_collate(processor):
     """Prompt + answer + end-of-sequence, with labels only on the answer (image tokens, question and padding -> -100)."""
+    # Copied from notebooks/11_llava_vlm.ipynb#ec27b23d:collate
     def collate(examples):
         prompts = [processor.apply_chat_template(vqa_conversation(ex.question), add_generation_prompt=True) for ex in examples]
         texts = [f"{prompt} {ex.answer}{processor.tokenizer.eos_token}" for prompt, ex in zip(prompts, examples)]

@@ -55,15 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # ------------------------------------------------------------------------------------------------ the model
 
-def conv_block(c_in: int, c_out: int) -> list[nn.Module]:
+# Copied from notebooks/02_pytorch_mnist.ipynb#998b1d7e:conv_block
+def conv_block(c_in, c_out):
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
 
 
-def make_cnn(width: int = 32) -> nn.Sequential:
-    """Lesson 02's CNN: two blocks of two 3x3 convolutions (+ batch norm, ReLU) and a max-pool, then a small head."""
+# Copied from notebooks/02_pytorch_mnist.ipynb#998b1d7e:make_cnn
+def make_cnn(width, block=conv_block):
     return nn.Sequential(
-        *conv_block(1, width), *conv_block(width, width), nn.MaxPool2d(2),              # 28x28 -> 14x14
-        *conv_block(width, 2 * width), *conv_block(2 * width, 2 * width), nn.MaxPool2d(2),  # -> 7x7
+        *block(1, width), *block(width, width), nn.MaxPool2d(2),              # 28x28 -> 14x14
+        *block(width, 2 * width), *block(2 * width, 2 * width), nn.MaxPool2d(2),  # -> 7x7
         nn.Flatten(), nn.Dropout(0.3),
         nn.Linear(2 * width * 7 * 7, 128), nn.ReLU(), nn.Dropout(0.3),
         nn.Linear(128, 10),

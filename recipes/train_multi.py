@@ -22,7 +22,8 @@ backend starts (a C++ compiler, about a minute); only inference's all-reduce use
 torch.distributed (gloo), so the script marks that op unavailable and nothing is compiled. On GPUs neither applies.
 
 The model is lesson 04's, imported from ``train_gpt.py`` in the same folder: copy both files together (needs PyTorch
-and accelerate; deepspeed only for the ZeRO configs). Writes ``<output_dir>/metrics.json`` (atomically) with the loss
+and accelerate; deepspeed only for the ZeRO configs). The global batch, the schedule and the byte count are copies of
+lesson 13's cells, where ``train_by_hand`` writes out what the engines do (DDP's all-reduce, FSDP/ZeRO's shards). Writes ``<output_dir>/metrics.json`` (atomically) with the loss
 of every step, the validation loss, and for every rank the bytes of parameters, gradients and optimizer state it
 actually holds — full copies under DDP, about 1/N of each under FSDP full shard and ZeRO-3.
 """
@@ -30,17 +31,20 @@ actually holds — full copies under DDP, about 1/N of each under FSDP full shar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_gpt.py sits next to this file
-from train_gpt import GPT, GPTConfig, atomic_save, lr_at  # noqa: E402  (lesson 04's model, one copy)
+from train_gpt import GPT, GPTConfig  # noqa: E402  (lesson 04's model, one copy)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -70,7 +74,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def local_bytes(t) -> int:
+# Copied from notebooks/13_beyond_one_card.ipynb#678fda71:rank_batch
+def rank_batch(tokens, block_size, global_batch, seed, rank, world):
+    """This rank's slice of the global batch that ``seed`` picks: every rank draws the same ``global_batch`` starting
+    points from the same seed and keeps its own ``global_batch // world`` of them."""
+    per_rank = global_batch // world
+    starts = torch.randint(len(tokens) - block_size - 1, (global_batch,), generator=torch.Generator().manual_seed(seed))
+    starts = starts[rank * per_rank:(rank + 1) * per_rank]
+    x = torch.stack([tokens[s:s + block_size] for s in starts])
+    y = torch.stack([tokens[s + 1:s + 1 + block_size] for s in starts])
+    return x, y
+
+
+# Copied from notebooks/13_beyond_one_card.ipynb#678fda71:lr_at
+def lr_at(step, max_steps, lr, min_lr, warmup):
+    """Linear warm-up to ``lr``, then a cosine down to ``min_lr`` at ``max_steps``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+# Copied from notebooks/13_beyond_one_card.ipynb#678fda71:local_bytes
+def local_bytes(t):
     """Bytes this process holds for one tensor: the local shard of a DTensor (FSDP2), the partition of a ZeRO-3
     parameter, else the tensor itself."""
     if t is None:
@@ -80,6 +106,28 @@ def local_bytes(t) -> int:
     if hasattr(t, "to_local"):  # FSDP2 DTensor
         t = t.to_local()
     return t.numel() * t.element_size()
+
+
+# Copied from course_utils/core/paths.py:atomic_write
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator:
+    """Open a temporary file next to ``path``; it replaces ``path`` only if the block finishes.
+
+    A crash, OOM or Ctrl-C half-way leaves the previous file intact — checkpoints are never lost.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def inner_optimizer(opt):
@@ -153,13 +201,8 @@ def main(argv=None) -> dict:
                          "or a shorter block")
 
     def global_batch(split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's slice of the global batch that ``seed`` picks: every rank draws the same global batch."""
-        d = splits[split]
-        starts = torch.randint(len(d) - args.block_size - 1, (args.global_batch,),
-                               generator=torch.Generator().manual_seed(seed))
-        starts = starts[rank * per_rank:(rank + 1) * per_rank]
-        x = torch.stack([d[s:s + args.block_size] for s in starts])
-        y = torch.stack([d[s + 1:s + 1 + args.block_size] for s in starts])
+        """This rank's slice of the global batch that ``seed`` picks, on this rank's device."""
+        x, y = rank_batch(splits[split], args.block_size, args.global_batch, seed, rank, world)
         return x.to(accelerator.device), y.to(accelerator.device)
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
@@ -247,7 +290,8 @@ def main(argv=None) -> dict:
         "config": {k: getattr(config, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")},
     }
     if is_main:
-        atomic_save(json.dumps(metrics, indent=2).encode(), args.output_dir / "metrics.json")  # temp + os.replace
+        with atomic_write(args.output_dir / "metrics.json", "w") as handle:  # a temp file, then os.replace
+            json.dump(metrics, handle, indent=2)
         for r in metrics["ranks"]:
             grads = "freed by DeepSpeed" if r["grad_bytes"] is None else f"{r['grad_bytes'] / 1e6:.2f} MB"
             print(f"rank {r['rank']}: parameters {r['param_bytes'] / 1e6:.2f} MB, gradients {grads}, "

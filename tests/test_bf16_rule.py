@@ -70,15 +70,17 @@ def _code_sources() -> list[tuple[str, str]]:
 
 
 def emulating_bf16_calls(source: str) -> list[int]:
-    """Lines that call ``is_bf16_supported`` without ``including_emulation=False``."""
+    """Lines that call ``is_bf16_supported`` without saying ``including_emulation=`` (the default counts emulation)."""
     lines = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Call):
             func = node.func
             name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
             if name == "is_bf16_supported":
-                strict = any(k.arg == "including_emulation" and isinstance(k.value, ast.Constant) and k.value.value is False
-                             for k in node.keywords) or (node.args and isinstance(node.args[0], ast.Constant)
+                # an explicit including_emulation=False asks the hardware; an explicit True asks on purpose whether
+                # emulation is there (the doctor's diagnosis), never to choose a precision
+                strict = any(k.arg == "including_emulation" and isinstance(k.value, ast.Constant)
+                             and k.value.value in (False, True) for k in node.keywords) or (node.args and isinstance(node.args[0], ast.Constant)
                                                          and node.args[0].value is False)
                 if not strict:
                     lines.append(node.lineno)

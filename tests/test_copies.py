@@ -38,6 +38,24 @@ def test_every_marked_copy_matches_its_source():
     assert any(".ipynb#" in s for s in sources), "no copy of a lesson cell was found"
 
 
+def test_every_recipe_holds_a_copy_or_says_why_it_shares_no_code():
+    """`check` covers every recipe: one that loses its last marker is named, and so is a listed one that has copies."""
+    found = _repo_copies()
+    recipes = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "recipes").glob("*.py"))
+    held = {c.file for c in found}
+    assert copies.uncovered(ROOT, found) == []
+    for recipe, reason in copies.NO_SHARED_CODE.items():
+        assert recipe in recipes, f"NO_SHARED_CODE lists {recipe}, which is not a recipe"
+        assert reason.strip() and "\n" not in reason, f"{recipe}: the reason is one line"
+    assert (held & set(recipes)) | set(copies.NO_SHARED_CODE) == set(recipes)
+    for recipe in sorted(held & set(recipes)):  # its markers gone, or listed although it has copies: both named
+        assert copies.uncovered(ROOT, [c for c in found if c.file != recipe]) == [
+            f"{recipe}: holds no marked copy; mark the code it shares with its lesson or course_utils, or list it in "
+            "course_utils/runner/copies.py's NO_SHARED_CODE with the reason it shares none."]
+        assert copies.uncovered(ROOT, found, {**copies.NO_SHARED_CODE, recipe: "shares nothing"}) == [
+            f"{recipe}: is listed in NO_SHARED_CODE (shares nothing) but holds marked copies: remove it from the list."]
+
+
 def _tokens_in(lines: list[str], copy: copies.Copy, kinds: set[int]) -> list[tokenize.TokenInfo]:
     """The block's tokens of these kinds, at their lines in the file."""
     block = io.StringIO("\n".join(lines[copy.start:copy.end]) + "\n")
@@ -139,7 +157,7 @@ def _notebook(path: Path, cells: dict[str, str], ids: bool = True) -> None:
 RECIPE = """import math
 
 
-# Copied from notebooks/99_fixture.ipynb#head:Head with Head->Attention
+# Copied from notebooks/99_fixture.ipynb#head:Head with Head->Attention, size->width
 class Attention:
     pass
 
@@ -157,12 +175,12 @@ class Model:
 WANTED = """import math
 
 
-# Copied from notebooks/99_fixture.ipynb#head:Head with Head->Attention
+# Copied from notebooks/99_fixture.ipynb#head:Head with Head->Attention, size->width
 class Attention:
     \"\"\"One attention head.\"\"\"
 
-    def __init__(self, size):
-        self.size = size
+    def __init__(self, width):
+        self.width = width
 
 
 class Model:
@@ -192,7 +210,7 @@ def test_copies_of_cells_and_nested_names_are_written_checked_and_rewritten(tmp_
     rewritten, problems = copies.fix(tmp_path)
     assert not problems and len(rewritten) == 3
     assert recipe.stat().st_mode & 0o777 == 0o755, "fix changed the file's permissions"
-    assert recipe.read_text() == WANTED  # renamed, re-indented (the method), the whole cell up to `# End copy`
+    assert recipe.read_text() == WANTED  # renamed twice, re-indented (the method), the whole cell up to `# End copy`
     assert copies.check(tmp_path)[1] == []
     exec(compile(recipe.read_text(), str(recipe), "exec"), {})  # what fix wrote is Python
 
@@ -238,7 +256,9 @@ def test_a_marker_that_cannot_be_checked_is_one_sentence(tmp_path, capsys):
     (tmp_path / "recipes" / "bad.py").write_text(text)
     assert copies.main(["check", "--root", str(tmp_path)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[:-1] == wanted
-    assert out[-1] == "copies: 0 of 0 copies differ from their sources (`make fix-copies` rewrites them); 7 marker(s) " \
-                      "cannot be checked."
+    assert out[:-1] == wanted + ["recipes/bad.py: holds no marked copy; mark the code it shares with its lesson or "
+                                 "course_utils, or list it in course_utils/runner/copies.py's NO_SHARED_CODE with the "
+                                 "reason it shares none."]
+    assert out[-1] == "copies: 0 of 0 copies differ from their sources (`make fix-copies` rewrites them); 8 other " \
+                      "problem(s) (markers that cannot be checked, recipes with no copy)."
     assert copies.main(["fix", "--root", str(tmp_path)]) == 1  # nothing it can rewrite; it says so, no traceback

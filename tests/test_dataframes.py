@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -66,3 +67,13 @@ def test_run_script_says_what_failed():
     out = dfs.run_script([sys.executable, "-c", "import os; print(os.environ['CUML_ACCEL_ENABLED'])"],
                          env={"CUML_ACCEL_ENABLED": "1"})
     assert out.strip() == "1", "the accelerated pass's environment reaches the script"
+
+
+def test_run_script_shows_lines_as_they_come_and_stops_at_its_limit(capsys):
+    """A 10-minute pass shows its stages as they end, and one past its time limit is stopped with one sentence."""
+    slow = "import time; print('read 5 rows', flush=True); time.sleep(30)"
+    start = time.monotonic()
+    with pytest.raises(CourseError, match=r"ran past 1 s and was stopped"):
+        dfs.run_script([sys.executable, "-c", slow], timeout=1)
+    assert time.monotonic() - start < 20, "the script should be killed at its limit, not waited for"
+    assert "read 5 rows" in capsys.readouterr().out, "a line printed before the limit should already be shown"

@@ -1,4 +1,5 @@
-"""Lesson 04's model (recipes/train_gpt.py, through course_utils/topics/gpt.py) and data (course_utils/topics/text_data.py).
+"""Lesson 04's model (course_utils/topics/gpt.py: marked copies of the lesson's cells, as in recipes/train_gpt.py) and data
+(course_utils/topics/text_data.py).
 
 The KV cache must not change a single token; training must lower the loss; weight tying must share storage; the
 tokenizer must round-trip; the data loader must fail with a course error that says what to do.
@@ -6,6 +7,7 @@ tokenizer must round-trip; the data loader must fail with a course error that sa
 
 from __future__ import annotations
 
+import itertools
 import urllib.error
 
 import pytest
@@ -13,10 +15,10 @@ import torch
 
 import course_utils as cu
 from course_utils.topics import text_data
-from course_utils.topics.gpt import GPT, GPTConfig, KVCache, apply_rope, rope_tables
+from course_utils.topics.gpt import GPT, GPTConfig, KVCache, alibi_slopes, apply_rope, rope_angles
 from course_utils.topics.text_data import CharTokenizer
 
-POSITIONS = ("rope", "alibi")
+POSITIONS = ("rope", "alibi", "learned")  # "learned": GPT-2's (and nanoGPT's) position table
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,14 +94,15 @@ def test_kv_cache_refuses_tokens_past_the_context():
 def test_position_schemes_differ_and_rope_is_relative():
     x = torch.randint(0, 23, (1, 16), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
-        rope, alibi = (tiny_model(p)(x)[0] for p in POSITIONS)
-    assert not torch.allclose(rope, alibi), "the position scheme should change the model's output"
-    rot = rope_tables(8, 64)
+        outputs = {p: tiny_model(p)(x)[0] for p in POSITIONS}
+    for a, b in itertools.combinations(POSITIONS, 2):
+        assert not torch.allclose(outputs[a], outputs[b]), f"{a} and {b} should give different outputs"
+    cos, sin = rope_angles(8, 64)
     q, k = torch.randn(2, 8, generator=torch.Generator().manual_seed(5))
-    score = lambda m, n: apply_rope(q, rot[m]) @ apply_rope(k, rot[n])  # noqa: E731
+    score = lambda m, n: apply_rope(q, cos[m], sin[m]) @ apply_rope(k, cos[n], sin[n])  # noqa: E731
     torch.testing.assert_close(score(7, 3), score(50, 46))
     assert not torch.allclose(score(7, 3), score(7, 4)), "a different distance must give a different score"
-    torch.testing.assert_close(apply_rope(q, rot[9]).norm(), q.norm())
+    torch.testing.assert_close(apply_rope(q, cos[9], sin[9]).norm(), q.norm())
 
 
 @pytest.mark.parametrize("position", POSITIONS)
@@ -117,6 +120,21 @@ def test_loss_decreases_on_a_tiny_batch(position):
         optimizer.zero_grad()
     assert losses[0] == pytest.approx(torch.log(torch.tensor(23.0)).item(), abs=0.3), "an untrained model should guess uniformly"
     assert losses[-1] < 0.5 * losses[0], f"{position}: loss only went {losses[0]:.2f} -> {losses[-1]:.2f} overfitting one batch"
+
+
+def test_learned_positions_are_gpt2s_table_added_to_the_tokens():
+    """position="learned" is nanoGPT's configuration: one trained vector per position (block_size x n_embd), added to
+    the token embeddings; a cached step reads the rows after the cache (the logits test above holds the values)."""
+    learned, rope = tiny_model("learned"), tiny_model("rope")
+    assert learned.pos_emb.weight.shape == (32, 32) and rope.pos_emb is None
+    assert learned.num_params() - rope.num_params() == 32 * 32
+    x = torch.randint(0, 23, (1, 8), generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        before = learned(x)[0]
+        learned.pos_emb.weight[3] += 1.0  # only position 3 changes: outputs before it cannot see it
+        after = learned(x)[0]
+    torch.testing.assert_close(after[:, :3], before[:, :3])
+    assert not torch.allclose(after[:, 3:], before[:, 3:]), "the position table must reach the output"
 
 
 def test_weight_tying_shares_storage():
@@ -142,8 +160,8 @@ def test_top_k_one_is_greedy():
 
 
 def test_bad_config_is_a_course_error():
-    with pytest.raises(cu.BadParameter, match="rope"):
-        GPTConfig(position="learned")
+    with pytest.raises(cu.BadParameter, match="'rope', 'alibi' or 'learned'"):
+        GPTConfig(position="sinusoidal")
     with pytest.raises(cu.BadParameter, match="heads"):
         GPTConfig(n_embd=30, n_head=4)
 
@@ -197,7 +215,7 @@ def test_download_failure_is_a_course_error(tmp_path, monkeypatch):
 # --- RoPE and the masks, as the lesson shows them ----------------------------------------------------------------
 
 def _textbook_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000.0) -> torch.Tensor:
-    """Rotate channel pairs (x[2j], x[2j+1]) by position * base^(-2j/d) with real sines and cosines."""
+    """Rotate channel pairs (x[2j], x[2j+1]) by position * base^(-2j/d), as the RoPE paper writes it."""
     d = x.shape[-1]
     angle = positions[:, None].float() * base ** (-torch.arange(0, d, 2).float() / d)  # (T, d/2)
     x0, x1 = x[..., 0::2], x[..., 1::2]
@@ -205,21 +223,42 @@ def _textbook_rope(x: torch.Tensor, positions: torch.Tensor, base: float = 10000
     return out.flatten(-2)
 
 
-def test_rope_is_the_textbook_rotation_and_its_gradient_rotates_back():
-    T, d = 12, 8
-    rot = rope_tables(d, 32)
-    x = torch.randn(2, 3, T, d, generator=torch.Generator().manual_seed(0), requires_grad=True)
-    ref_x = x.detach().clone().requires_grad_(True)
-    out, ref = apply_rope(x, rot[:T]), _textbook_rope(ref_x, torch.arange(T))
-    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
-    upstream = torch.randn_like(out)
+def test_rope_is_the_textbook_rotation_with_channels_paired_by_halves():
+    """The lesson's apply_rope is the rotation of the RoPE paper, with channel j paired to channel j + D/2 (the
+    pairing of GPT-NeoX, Llama in Hugging Face transformers) instead of 2j to 2j + 1: interleaving the two halves
+    turns one into the other. On the (q, k) view of the fused projection the model rotates, only q and k get a
+    gradient, and that gradient is the upstream one rotated back."""
+    B, T, H, D = 2, 12, 3, 8
+    cos, sin = rope_angles(D, 32)
+    cos, sin = cos[:T], sin[:T]  # as the model slices them: (T, D), the same for every head
+    fused = torch.randn(B, T, 3 * H * D, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    qk = fused.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)[:2]  # (2, B, H, T, D): a strided view, as in the model
+    out = apply_rope(qk, cos, sin)
+    interleave = torch.stack([torch.arange(D // 2), torch.arange(D // 2) + D // 2], dim=-1).flatten()  # 0, D/2, 1, ...
+    torch.testing.assert_close(out[..., interleave], _textbook_rope(qk[..., interleave], torch.arange(T)),
+                               atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(2, B, H, T, D, generator=torch.Generator().manual_seed(1))
     out.backward(upstream)
-    ref.backward(upstream)
-    torch.testing.assert_close(x.grad, ref_x.grad, atol=1e-5, rtol=1e-5)  # the hand-written backward is right
-    # a non-contiguous input (the model rotates a slice of the fused q/k/v tensor) gives the same numbers
-    wide = torch.randn(2, T, 3, 3, d, generator=torch.Generator().manual_seed(1))
-    torch.testing.assert_close(apply_rope(wide[:, :, :2], rot[:T, None, None]),
-                               apply_rope(wide[:, :, :2].contiguous(), rot[:T, None, None]))
+    grad = fused.grad.view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)
+    torch.testing.assert_close(grad[:2], apply_rope(upstream, cos, -sin), atol=1e-5, rtol=1e-5)
+    assert grad[2].abs().max() == 0, "the values are not rotated"
+    half = apply_rope(qk.detach().to(torch.bfloat16), cos, sin)
+    assert half.dtype == torch.bfloat16 and torch.allclose(half.float(), out.detach(), atol=0.05), "bf16 in, bf16 out"
+
+
+def test_attention_is_per_head_attention_over_rotated_queries_and_keys():
+    """The fused attention (one projection viewed as (3, B, heads, T, head_dim), q and k rotated together)
+    computes, head by head, softmax(q k^T / sqrt(d) + causal mask) v with q and k rotated by their positions."""
+    model = tiny_model("rope")
+    attn, (B, T, C), H = model.blocks[0].attn, (2, 10, 32), 2
+    x = torch.randn(B, T, C, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        got = attn(x, model.cos[:T], model.sin[:T])
+        q, k, v = (t.view(B, T, H, C // H).transpose(1, 2) for t in (x @ attn.qkv.weight.T).split(C, dim=-1))
+        q, k = apply_rope(q, model.cos[:T], model.sin[:T]), apply_rope(k, model.cos[:T], model.sin[:T])
+        scores = (q @ k.transpose(-1, -2) / (C // H) ** 0.5).masked_fill(~model.causal[:T, :T], float("-inf"))
+        want = attn.proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(B, T, C))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
 def test_masks_are_built_once_and_sliced():
@@ -230,25 +269,4 @@ def test_masks_are_built_once_and_sliced():
     assert piece[0].tolist() == [True] * 6 + [False] * 2, "query at position 5 sees keys 0..5"
     bias = alibi.attention_mask(0, 4)
     assert bias.shape == (2, 4, 4) and torch.isinf(bias[0, 0, 1]) and bias[0, 0, 0] == 0
-    assert bias[0, 3, 0] == pytest.approx(-3 * alibi.alibi_slopes[0].item()), "ALiBi: -slope x distance"
-
-
-def test_the_models_fast_rope_path_has_the_textbook_values_and_gradients():
-    """CausalSelfAttention splits the fused q/k/v projections and rotates q and k in one autograd.Function with a
-    hand-written backward; it must agree with the textbook rotation differentiated by autograd."""
-    from course_utils.topics.gpt import _HeadsWithRope
-
-    B, T, H, D = 2, 10, 3, 8
-    rot = rope_tables(D, 16)[:T]
-    qkv = torch.randn(B, T, 3, H, D, generator=torch.Generator().manual_seed(2), requires_grad=True)
-    ref_qkv = qkv.detach().clone().requires_grad_(True)
-    q, k, v = _HeadsWithRope.apply(qkv, rot)
-    pos = torch.arange(T)
-    ref = [_textbook_rope(ref_qkv[:, :, 0].transpose(1, 2), pos), _textbook_rope(ref_qkv[:, :, 1].transpose(1, 2), pos),
-           ref_qkv[:, :, 2].transpose(1, 2)]
-    weights = [torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(3 + i)) for i in range(3)]
-    for ours, theirs in zip((q, k, v), ref):
-        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
-    sum((w * t).sum() for w, t in zip(weights, (q, k, v))).backward()
-    sum((w * t).sum() for w, t in zip(weights, ref)).backward()
-    torch.testing.assert_close(qkv.grad, ref_qkv.grad, atol=1e-5, rtol=1e-5)
+    assert bias[0, 3, 0] == pytest.approx(-3 * alibi_slopes(2)[0].item()), "ALiBi: -slope x distance"

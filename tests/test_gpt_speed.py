@@ -77,6 +77,9 @@ def test_benchmark_times_a_reference_model_from_a_path_side_by_side(tmp_path):
     assert rows["train_speed_ratio_ours_over_nanogpt"] == pytest.approx(
         rows["train_tokens_per_s_ours"] / rows["train_tokens_per_s_nanogpt"])
     assert "train_speed_ratio_same_optimizer" in rows and "gen_tokens_per_s_cached" not in rows
+    assert rows["train_speed_ratio_same_optimizer"] == pytest.approx(
+        rows["train_tokens_per_s_ours_foreach_adamw"] / rows["train_tokens_per_s_nanogpt"])
+    assert len(rows["train_speed_ratio_per_repeat_ours_foreach_adamw"]) == 1
 
 
 def test_benchmark_refuses_a_missing_reference(tmp_path):

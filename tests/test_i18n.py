@@ -127,27 +127,44 @@ def _toy(tmp_path, english_text="## Hello\n\nRun `x = 1`."):
     return notebooks, root, key
 
 
-def test_build_refuses_a_stale_or_missing_translation_naming_lesson_and_cell(tmp_path):
+def test_a_stale_missing_or_copied_translation_is_built_as_english_under_a_pending_note(tmp_path):
+    """Never a stale translation: until a cell is re-translated, the built notebook shows the English text under a
+    visible note; status and the drift check name the cell, and an English copy with the right hash is no translation."""
+    import nbformat
+
     notebooks, root, key = _toy(tmp_path)
-    entry = {"source_sha256": catalog.sha256("## Hello\n\nRun `x = 2`."), "text": "## Bonjour\n\nLancez `x = 1`."}
-    (root / "fr" / "00_toy.json").write_text(json.dumps({"language": "fr", "cells": {key: entry}}))
+    english = "## Hello\n\nRun `x = 1`."
     (root / "fr" / "solutions" / "00_toy.json").write_text(json.dumps(
         {"language": "fr", "cells": {"s0": {"source_sha256": catalog.sha256("# Solutions\n\ntext\n"),
                                             "text": "# Solutions\n\ntexte\n"}}}))
-    with pytest.raises(catalog.TranslationError, match=rf"Lesson 00_toy, cell {key} .*older English text"):
-        catalog.build("fr", out=tmp_path, notebooks=notebooks, root=root, log=None)
-    assert catalog.status("fr", notebooks=notebooks, root=root)["stale"] == [f"00_toy:{key}"]
-    (root / "fr" / "00_toy.json").write_text(json.dumps({"language": "fr", "cells": {}}))
-    with pytest.raises(catalog.TranslationError, match=rf"Lesson 00_toy, cell {key} .*has no entry"):
-        catalog.build("fr", out=tmp_path, notebooks=notebooks, root=root, log=None)
-    entry["source_sha256"] = catalog.sha256("## Hello\n\nRun `x = 1`.")
+    entry = {"source_sha256": catalog.sha256("## Hello\n\nRun `x = 2`."), "text": "## Bonjour\n\nLancez `x = 2`."}
+    cases = {"stale": entry, "missing": None, "copies": {"source_sha256": catalog.sha256(english), "text": english}}
+    for kind, value in cases.items():
+        cells = {key: value} if value else {}
+        (root / "fr" / "00_toy.json").write_text(json.dumps({"language": "fr", "cells": cells}))
+        logged = []
+        built = catalog.build("fr", out=tmp_path, notebooks=notebooks, root=root, log=logged.append)
+        shown = nbformat.read(built[0], as_version=4).cells[0].source
+        assert shown == catalog.PENDING_NOTE["fr"] + "\n\n" + english, kind
+        assert "Bonjour" not in shown and any("translation pending" in line for line in logged), kind
+        report = catalog.status("fr", notebooks=notebooks, root=root)
+        assert report[kind] == [f"00_toy:{key}"] and report["translated"] == 1, (kind, report)
+        res = catalog.resolve("fr", notebooks / "00_toy.ipynb", root)
+        assert not res.complete and f"cell {key}" in res.problem(), kind
+    entry["source_sha256"] = catalog.sha256(english)
     (root / "fr" / "00_toy.json").write_text(json.dumps({"language": "fr", "cells": {key: entry}}))
     built = catalog.build("fr", out=tmp_path, notebooks=notebooks, root=root, log=None)
     assert [p.relative_to(tmp_path).as_posix() for p in built] == ["notebooks-fr/00_toy.ipynb",
                                                                     "notebooks-fr/solutions/00_toy.md"]
-    assert "Bonjour" in built[0].read_text() and built[1].read_text() == "# Solutions\n\ntexte\n"
+    assert "Bonjour" in built[0].read_text() and "attente" not in built[0].read_text()
+    assert built[1].read_text() == "# Solutions\n\ntexte\n"
     report = catalog.status("fr", notebooks=notebooks, root=root)
     assert (report["translated"], report["total"], report["stale"], report["missing"]) == (2, 2, [], [])
+
+
+def test_a_text_without_prose_may_equal_its_english():
+    assert not catalog.has_prose("`x = 1` | [`a`](https://example.org)")
+    assert catalog.has_prose("Run `x = 1` now.")
 
 
 def test_cli_refuses_in_one_line(tmp_path, monkeypatch, capsys):

@@ -116,14 +116,16 @@ def test_lesson_13_prose_says_what_its_plan_computes():
     scope = {"cu": cu, "GIB": GIB, "ModelShape": ModelShape, "estimate_training_vram": estimate_training_vram,
              "OPT_MODEL_ID": "Qwen/Qwen2.5-1.5B", "print": lambda *a, **k: None}
     exec(cells["b2361245"], scope)  # the plan cell: opt_plan (GiB per plan), adamw_parts, model_states_gb
-    intro, after = " ".join(cells["4392579f"].split()), " ".join(cells["1e3c6c84"].split())
+    intro = " ".join((cells["4392579f"] + " " + cells["3596e23a"]).split())  # part 1's intro, in two cells
+    after = " ".join((cells["1e3c6c84"] + " " + cells["845a3896"]).split())
     per_param = scope["model_states_gb"] * GIB / scope["qwen_1_5b"].n_params
     plan = scope["opt_plan"]
     expected = {intro: [f"costs {per_param:.0f} bytes a parameter", f"is ~{scope['model_states_gb']:.0f} GiB",
                         f"optimizer state alone (~{scope['adamw_parts']['optimizer state']:.0f} GiB)"],
-                after: [f"AdamW on the card needs ~{plan['AdamW on the card']:.0f} GiB",
-                        f"in CPU RAM ~{plan['AdamW, state in CPU RAM (ZeRO-Offload)']:.1f} GiB",
-                        f"~{plan['paged 8-bit AdamW, bf16 weights']:.1f} GiB, over the line"]}
+                after: [f"AdamW on the card: ~{plan['AdamW on the card']:.0f} GiB",
+                        f"in CPU RAM: ~{plan['AdamW, state in CPU RAM (ZeRO-Offload)']:.1f} GiB",
+                        f"on bf16 weights: ~{plan['paged 8-bit AdamW, bf16 weights']:.1f} GiB",
+                        f"{plan['paged 8-bit AdamW, bf16 weights']:.1f} GiB is over the line"]}
     for text, phrases in expected.items():
         for phrase in phrases:
             assert phrase in text, f"lesson 13's prose should say {phrase!r} (the estimator's number): {text[:200]}"
@@ -246,3 +248,34 @@ def test_make_engines_trains_zero2_and_zero3_on_two_cpu_processes(tmp_path, caps
                                                                                                        abs=0.01)
     assert not extensions.exists(), f"DeepSpeed compiled an op on CPU: {sorted(p.name for p in extensions.iterdir())}"
     print(f"single + ZeRO-2 + ZeRO-3, 4 steps, guarded: {time.monotonic() - start:.0f} s")
+
+
+def test_the_lessons_ddp_and_sharding_by_hand_follow_one_rank_and_split_the_bytes():
+    """Lesson 13's train_by_hand (the engines written out): N ranks, whole or sharded (3 ranks: uneven pieces), give
+    one rank's loss curve, and a sharded rank keeps its piece of every weight, gradient and AdamW moment."""
+    import math
+
+    import torch
+    from tqdm.auto import tqdm
+
+    from course_utils.topics.gpt import GPT, GPTConfig
+
+    cells = _lesson_13()
+    scope = {"torch": torch, "math": math, "tqdm": tqdm}
+    exec(next(src for src in cells.values() if "def train_by_hand(" in src), scope)
+    text = (REPO_ROOT / "datasets" / "course" / "tiny_corpus" / "lamplighter.txt").read_text(encoding="utf-8")
+    chars = sorted(set(text))
+    tokens = torch.tensor([chars.index(c) for c in text[:20_000]])
+    config = GPTConfig(vocab_size=len(chars), block_size=16, n_layer=1, n_head=2, n_embd=32, dropout=0.0)
+    runs = {}
+    for world, shard in ((1, False), (2, False), (3, True)):
+        torch.manual_seed(0)
+        runs[world] = scope["train_by_hand"](GPT(config), tokens, world, shard, steps=4, block_size=16, global_batch=6,
+                                             lr=3e-3, warmup=1, seed=0)
+    one, (one_rank,) = runs[1][0], runs[1][1]
+    for world in (2, 3):
+        assert max(abs(a - b) for a, b in zip(one, runs[world][0])) <= 1e-5, f"{world} ranks left one rank's curve"
+    assert runs[2][1] == [one_rank, one_rank], "every DDP rank keeps everything"
+    for kind in one_rank:
+        assert sum(r[kind] for r in runs[3][1]) == one_rank[kind], f"the three pieces of {kind} add up to the whole"
+        assert max(r[kind] for r in runs[3][1]) < 0.4 * one_rank[kind], f"a sharded rank keeps ~1/3 of {kind}"

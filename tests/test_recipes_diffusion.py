@@ -1,10 +1,10 @@
 """recipes/train_sd_lora.py: run as a learner would (fresh process, no course_utils) on the tiny SD pipeline and a
 generated captioned folder; the held-out loss falls, the LoRA file has its rank's size, reloads into a fresh pipeline
-and changes the output. And the recipe does what lesson 09 does: the same data reader, split, loss and LoRA config."""
+and changes the output. The data reader, split and LoRA target modules it shares with lesson 09 are held to the
+lesson's cells by the copy checker (tests/test_copies.py)."""
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import json
 import sys
@@ -15,9 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "train_sd_lora.py"
-LESSON = ROOT / "notebooks" / "09_sd15_lora.ipynb"
-SHARED_FUNCTIONS = ("read_caption_folder", "split_heldout", "unet_lora_config", "noise_prediction_loss")
-SHARED_CONSTANTS = ("IMAGE_EXTENSIONS", "LORA_TARGET_MODULES")
 
 
 def _recipe_module():
@@ -26,20 +23,6 @@ def _recipe_module():
     sys.modules[spec.name] = module  # dataclasses look their module up while the recipe is being executed
     spec.loader.exec_module(module)
     return module
-
-
-def _definitions(source: str) -> tuple[dict[str, str], dict[str, object]]:
-    functions, constants = {}, {}
-    for node in ast.parse(source).body:
-        if isinstance(node, ast.FunctionDef):  # the recipe imports inside functions (a fast --help): compare the rest
-            node.body = [n for n in node.body if not isinstance(n, (ast.Import, ast.ImportFrom))]
-            functions[node.name] = ast.dump(node)
-        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                constants[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                pass
-    return functions, constants
 
 
 @pytest.fixture(scope="module")
@@ -51,23 +34,6 @@ def tiny(tmp_path_factory):
     build_tiny_sd_pipeline(32).save_pretrained(root / "tiny-sd")
     write_captioned_folder(root / "data", n=24, size=32, seed=0)
     return root / "tiny-sd", root / "data"
-
-
-def test_recipe_and_lesson_share_reader_split_loss_and_lora_config():
-    notebook = json.loads(LESSON.read_text())
-    functions, constants = {}, {}
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            text = "\n".join("" if line.lstrip().startswith(("%", "!")) else line for line in "".join(cell["source"]).splitlines())
-            f, c = _definitions(text)
-            functions.update(f)
-            constants.update(c)
-    recipe_functions, recipe_constants = _definitions(RECIPE.read_text())
-    for name in SHARED_FUNCTIONS:
-        assert name in functions, f"lesson 09 no longer defines {name}(); the recipe mirrors it"
-        assert functions[name] == recipe_functions[name], f"{name}() differs between lesson 09 and recipes/train_sd_lora.py"
-    for name in SHARED_CONSTANTS:
-        assert constants[name] == recipe_constants[name], f"{name} differs between lesson 09 and the recipe"
 
 
 def test_reader_needs_a_caption_per_image_and_split_is_disjoint(tmp_path):

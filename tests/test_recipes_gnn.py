@@ -36,6 +36,7 @@ def test_train_gnn_beats_the_baselines_and_the_model_reloads(run_recipe, planeto
         assert accuracy > models["mlp"]["test_accuracy_mean"] + 0.15, f"{kind} should beat the MLP: {metrics}"
         run = models[kind]["runs"][0]
         assert run["train_loss_last"] < 0.85 * run["train_loss_first"], f"{kind}: the training loss should fall"
+    assert metrics["gcn_layer_max_diff"] < 1e-5, "the copied hand-written graph convolution should equal GCNConv"
     assert metrics["link_prediction"]["test_auc"] > 0.72, f"held-out edges should rank above chance: {metrics}"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
@@ -48,5 +49,5 @@ def test_train_gnn_beats_the_baselines_and_the_model_reloads(run_recipe, planeto
     model.load_state_dict(saved["state_dict"])
     data = Planetoid(str(root), name, transform=T.NormalizeFeatures())[0]
     with torch.no_grad():
-        reloaded = recipe.accuracy(model(data.x, data.edge_index), data, data.test_mask)
+        reloaded = recipe.accuracy(model(data.x, data.edge_index), data.y, data.test_mask)
     assert reloaded == pytest.approx(models["gcn"]["runs"][0]["test_acc"], abs=1e-6)

@@ -1,13 +1,11 @@
-"""recipes/train_gpt.py: runs without the course package, learns, writes a checkpoint that reloads, and is the very
-code lesson 04's model (course_utils.topics.gpt) runs."""
+"""recipes/train_gpt.py: runs without the course package, learns, prints a sample at each evaluation, writes a
+checkpoint that reloads, and holds lesson 04's cells as marked copies (as course_utils.topics.gpt does)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-
-from pathlib import Path
 
 import pytest
 import torch
@@ -46,13 +44,17 @@ def _one_thread(monkeypatch):
 
 def test_recipe_trains_on_a_text_file_and_its_checkpoint_reloads(run_recipe, tmp_path):
     out = tmp_path / "out"
-    run_recipe("train_gpt.py", "--text_file", text_data.TINY_CORPUS, "--max_steps", "40", "--eval_interval", "40",
-               "--eval_iters", "2", "--sample_tokens", "40", "--output_dir", out, *TINY)
+    proc = run_recipe("train_gpt.py", "--text_file", text_data.TINY_CORPUS, "--max_steps", "40", "--eval_interval", "40",
+                      "--eval_iters", "2", "--sample_tokens", "40", "--eval_sample_tokens", "24", "--output_dir", out, *TINY)
+    evaluations = [line for line in proc.stdout.splitlines() if line.startswith("step ")]
+    assert len(evaluations) == 2 and all(" | '" in line or ' | "' in line for line in evaluations), \
+        f"each evaluation should print a sample: {evaluations}"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["last_train_loss"] < 0.8 * metrics["first_train_loss"], "the training loss should fall"
     assert metrics["val_loss"] < 0.7 * metrics["uniform_loss"], "held-out loss should fall well below a uniform guess"
     assert metrics["uniform_loss"] == pytest.approx(math.log(len(set(text_data.load_tiny_corpus()))))
     assert len((out / "sample.txt").read_text()) == 40
+    assert metrics["history"]["step"] == [0, 40]
     assert not list(out.glob(".*.tmp")), "no temporary files may be left behind"
 
     recipe = load_recipe()
@@ -74,17 +76,31 @@ def test_recipe_trains_on_a_text_file_and_its_checkpoint_reloads(run_recipe, tmp
     assert loss < 0.75 * metrics["uniform_loss"], "the reloaded model should predict held-out text"
 
 
-def test_the_lessons_model_is_the_recipes_code():
-    """One model, written once: lesson 04 imports the recipe's classes (course_utils.topics.gpt loads the file)."""
-    import inspect
+MODEL = ("GPTConfig", "rope_angles", "alibi_slopes", "CausalSelfAttention", "MLP", "Block", "KVCache", "sample_next", "GPT")
 
-    for name in ("GPT", "KVCache", "Block", "MLP", "CausalSelfAttention", "rope_tables", "apply_rope", "alibi_slopes"):
-        assert Path(inspect.getsourcefile(getattr(gpt, name))).resolve() == RECIPE.resolve(), \
-            f"course_utils.topics.gpt.{name} must be recipes/train_gpt.py's, not a copy"
-    base = gpt.GPTConfig.__mro__[1]
-    assert Path(inspect.getsourcefile(base)).resolve() == RECIPE.resolve(), "GPTConfig extends the recipe's config"
-    with pytest.raises(cu.BadParameter, match="rope"):  # the one addition: a course error for a bad setting
-        gpt.GPTConfig(position="learned")
+
+@pytest.mark.parametrize("path,names", [
+    ("recipes/train_gpt.py", MODEL + ("CharTokenizer", "get_batch", "autocast", "estimate_loss", "make_optimizer", "lr_at")),
+    ("course_utils/topics/gpt.py", MODEL + ("apply_rope",)),
+])
+def test_the_model_is_copied_from_the_lessons_cells(path, names):
+    """One source, the lesson's cells: the recipe and course_utils.topics.gpt hold marked copies of them, equal to
+    their cells, and a one-character change to a copy is caught."""
+    from course_utils.runner import copies
+
+    text = (REPO_ROOT / path).read_text(encoding="utf-8")
+    found, problems = copies.copies_in(REPO_ROOT, path, text)
+    assert not problems, problems
+    lesson = {c.source.rsplit(":", 1)[1]: c for c in found if c.source.startswith("notebooks/04_gpt_from_scratch.ipynb#")}
+    assert set(names) <= set(lesson), f"{path} lacks marked copies of {sorted(set(names) - set(lesson))}"
+    lines = text.split("\n")
+    for copy in found:
+        assert copies.difference(copy, lines) is None, copies.difference(copy, lines)
+    copy = lesson["CausalSelfAttention"]
+    changed = lines[:copy.start + 3] + [lines[copy.start + 3] + "x"] + lines[copy.start + 4:]
+    assert copies.difference(copy, changed) is not None, "a changed line in a copy must be reported"
+    with pytest.raises(cu.BadParameter, match="rope"):  # course_utils' one addition: a course error for a bad setting
+        gpt.GPTConfig(position="sinusoidal")
 
 
 def test_recipe_schedule_matches_the_lesson_recipe():
@@ -115,3 +131,16 @@ def test_recipe_picks_bf16_only_where_the_card_computes_it(monkeypatch, cc, want
     assert recipe.choose_dtype("auto", "cuda") == want and recipe.choose_dtype("auto", "cuda:1") == want
     assert recipe.choose_dtype("auto", "cpu") == torch.float32
     assert recipe.choose_device("cuda:1") == "cuda:1"
+
+
+def test_recipe_accepts_learned_positions_and_rejects_unknown_ones(capsys):
+    """--position learned (GPT-2's table, nanoGPT's configuration) reaches the model; an unknown scheme is refused."""
+    recipe = load_recipe()
+    args = recipe.parse_args(["--text_file", "input.txt", "--position", "learned"])
+    assert args.position == "learned"
+    model = recipe.GPT(recipe.GPTConfig(vocab_size=11, block_size=8, n_layer=1, n_head=2, n_embd=16,
+                                        position=args.position))
+    assert model.state_dict()["pos_emb.weight"].shape == (8, 16)
+    with pytest.raises(SystemExit):
+        recipe.parse_args(["--text_file", "input.txt", "--position", "sinusoidal"])
+    assert "invalid choice" in capsys.readouterr().err

@@ -1,8 +1,8 @@
-"""recipes/rag.py: standalone (no course_utils), the same chunks, BM25, fusion and recall@5 as lesson 07, an index
-that is written atomically and reused, and an answer with citations.
+"""recipes/rag.py: standalone (no course_utils), reading the notes as the course does, chunks within their budget,
+an index that is written atomically and reused, lesson 07's hybrid recall@5 target met, and an answer with citations.
 
-The lesson's algorithm is read from its cells tagged ``export`` (definitions only) and run here, next to the recipe's
-functions, on the shipped notes.
+The code the recipe shares with lesson 07 (sections, chunking, the BM25 tokenizer, fusion, the prompt, citations) is
+held to the lesson's cells by the copy checker (tests/test_copies.py); this file tests what the recipe does.
 """
 
 from __future__ import annotations
@@ -12,36 +12,16 @@ import json
 import runpy
 from pathlib import Path
 
-import nbformat
 import numpy as np
 import pytest
 
+from course_utils.runner.lessons import lesson_meta
 from course_utils.topics import rag
 
 ROOT = Path(__file__).resolve().parents[1]
 LESSON = ROOT / "notebooks" / "07_rag_assistant.ipynb"
 RECIPE = ROOT / "recipes" / "rag.py"
 QUESTIONS = ROOT / "datasets" / "course" / "rag_eval" / "questions.jsonl"
-
-
-def lesson_namespace() -> dict:
-    """The lesson's Setup imports, its parameters (full recipe) and its ``export`` cells, executed in one namespace."""
-    nb = nbformat.read(LESSON, as_version=4)
-    ns: dict = {}
-    params = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    setup = next(c for c in nb.cells if c.cell_type == "code" and c.source.startswith("import math"))
-    imports = [node for node in ast.parse(setup.source).body if isinstance(node, (ast.Import, ast.ImportFrom))]
-    exec(compile(ast.Module(body=imports, type_ignores=[]), "lesson-setup", "exec"), ns)
-    exec(params.source.split("\nif SMOKE:")[0], ns)
-    for cell in nb.cells:
-        if "export" in cell.metadata.get("tags", []):
-            exec(cell.source, ns)
-    return ns
-
-
-@pytest.fixture(scope="module")
-def lesson():
-    return lesson_namespace()
 
 
 @pytest.fixture(scope="module")
@@ -56,54 +36,31 @@ def test_recipe_imports_no_course_code():
     assert not [m for m in modules if m.startswith("course_utils")], "a recipe imports only pip packages"
 
 
-def test_lesson_and_recipe_cut_the_same_chunks(lesson, recipe):
-    docs = rag.load_documents()
-    mine = [(c.id, c.source, c.heading, c.text) for c in lesson["chunk_documents"](docs, 600, 150)]
-    theirs = [(c.id, c.source, c.heading, c.text) for c in recipe["chunk_documents"]([(d.source, d.text) for d in docs], 600, 150)]
-    assert mine == theirs, "recipes/rag.py and the lesson chunk the notes differently: copy the lesson's cells again"
-    for size, overlap in ((300, 80), (1500, 300)):
-        assert [c.text for c in lesson["chunk_documents"](docs, size, overlap)] == \
-            [c.text for c in recipe["chunk_documents"]([(d.source, d.text) for d in docs], size, overlap)]
-    with pytest.raises(ValueError):
-        lesson["chunk_text"]("Some text.", 100, 100)
+def test_recipe_reads_the_notes_as_the_course_does_and_chunks_within_budget(recipe):
+    docs = recipe["read_notes"](rag.notes_dir())
+    assert docs == [(d.source, d.text) for d in rag.load_documents()], "the recipe reads the notes differently"
+    for size, overlap in ((600, 150), (300, 80)):
+        chunks = recipe["chunk_documents"](docs, size, overlap)
+        assert chunks and all(0 < len(c.text) <= size for c in chunks)
+        for source, _ in docs:
+            assert [c.id for c in chunks if c.source == source] == \
+                [f"{source}#{n}" for n in range(sum(c.source == source for c in chunks))]
+        words = {w for c in chunks for w in c.text.split()}
+        assert {w for _, text in docs for _, body in recipe["split_sections"](text) for w in body.split()} <= words, \
+            "a word of the notes is in no chunk"
+    with pytest.raises(ValueError, match="--chunk_overlap"):
+        recipe["chunk_text"]("Some text.", 100, 100)
 
 
-def test_lesson_bm25_and_fusion_equal_the_recipes(lesson, recipe):
-    from rank_bm25 import BM25Okapi
-
-    chunks = lesson["chunk_documents"](rag.load_documents(), 600, 150)
-    texts = [c.indexed_text for c in chunks]
-    ours, library = lesson["BM25"](texts), BM25Okapi([recipe["tokenize"](t) for t in texts])
-    for q in rag.load_questions():
-        assert np.allclose(ours.scores(q.question), library.get_scores(recipe["tokenize"](q.question))), q.id
-    toy = ["gpu memory", "gpu speed", "gpu cost", "cats and dogs"]   # 'gpu' in 3 of 4: idf < 0, floored
-    assert np.allclose(lesson["BM25"](toy).scores("gpu cost"), BM25Okapi([recipe["tokenize"](t) for t in toy]).get_scores(["gpu", "cost"]))
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        lists = [list(rng.permutation(30)[:12]) for _ in range(2)]
-        assert lesson["reciprocal_rank_fusion"](lists, 60) == recipe["reciprocal_rank_fusion"](lists, 60)
-    assert recipe["build_messages"]("q?", chunks[:2]) == lesson["build_messages"]("q?", chunks[:2])
-    assert recipe["extract_citations"]("a [2] b [1, 3] [Source 4]") == lesson["extract_citations"]("a [2] b [1, 3] [Source 4]")
-
-
-def test_recipe_builds_reuses_and_matches_the_lessons_recall(run_recipe, lesson, tmp_path):
-    from sentence_transformers import SentenceTransformer
-
+def test_recipe_builds_reuses_and_meets_the_lessons_recall(run_recipe, recipe, tmp_path):
     from course_utils.smoke.llm import tiny_llm_dir
 
     embedder_path = rag.bundled_embedder_path()
-    # the lesson's hybrid recall@5, computed with the lesson's own functions
-    ns = lesson
-    questions = rag.load_questions()
-    ns["chunks"] = ns["chunk_documents"](rag.load_documents(), ns["CHUNK_CHARS"], ns["CHUNK_OVERLAP"])
-    ns["gold"] = rag.gold_chunks(questions, ns["chunks"])
-    ns["embedder"] = SentenceTransformer(str(embedder_path), device="cpu", local_files_only=True)
-    vectors = ns["embed"]([c.indexed_text for c in ns["chunks"]])
-    ns["index"] = ns["faiss"].IndexFlatIP(vectors.shape[1])
-    ns["index"].add(vectors)
-    ns["bm25"] = ns["BM25"]([c.indexed_text for c in ns["chunks"]])
-    answerable = [q for q in questions if q.answerable]
-    lesson_hybrid, _ = ns["evaluate"](ns["hybrid_search"], answerable)
+    # lesson 07's smoke target for hybrid recall@5 (the same bundled embedder, notes and questions)
+    target = lesson_meta(LESSON)["targets"]["smoke"]["recall_at_5_hybrid"]
+    assert target[0] == ">="
+    chunks = recipe["chunk_documents"](recipe["read_notes"](rag.notes_dir()))
+    answerable = [q for q in rag.load_questions() if q.answerable]
 
     index_dir, out = tmp_path / "index", tmp_path / "out"
     common = ("--notes", rag.notes_dir(), "--embedder", embedder_path, "--index_dir", index_dir, "--top_k", "5")
@@ -111,10 +68,9 @@ def test_recipe_builds_reuses_and_matches_the_lessons_recall(run_recipe, lesson,
                        "--llm", tiny_llm_dir(), "--question", "What is NF4?", "--max_new_tokens", "8")
     metrics = json.loads((out / "metrics.json").read_text())
     assert "built index" in first.stdout and not metrics["index_reused"]
-    assert metrics["n_chunks"] == len(ns["chunks"]) and metrics["n_questions"] == len(answerable)
-    assert metrics["hybrid"]["recall@5"] == pytest.approx(lesson_hybrid["recall@5"]), \
-        "the recipe's hybrid recall@5 differs from the lesson's: same chunks, same fusion should give the same figure"
-    assert metrics["hybrid"]["MRR"] == pytest.approx(lesson_hybrid["MRR"])
+    assert metrics["n_chunks"] == len(chunks) and metrics["n_questions"] == len(answerable)
+    assert metrics["hybrid"]["recall@5"] >= target[1], \
+        f"the recipe's hybrid recall@5 {metrics['hybrid']['recall@5']:.2f} misses lesson 07's target {target[1]}"
     assert metrics["hybrid"]["recall@5"] >= metrics["bm25"]["recall@5"]
     assert "Q: What is NF4?" in first.stdout and "[1] quantization.md#" in first.stdout, "sources listed with their chunks"
     assert sorted(p.name for p in index_dir.iterdir()) == ["chunks.jsonl", "meta.json", "vectors.faiss"]

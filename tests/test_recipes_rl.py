@@ -13,7 +13,7 @@ import pytest
 def test_recipe_help_explains_the_flags(run_recipe):
     out = run_recipe("train_rl.py", "--help").stdout
     for flag in ("--env", "--algo", "--timesteps", "--n-envs", "--seed", "--eval-episodes", "--eval-seed",
-                 "--max-episode-frames", "--device", "--set", "--gif", "--tensorboard", "--output-dir"):
+                 "--max-episode-frames", "--val-episodes", "--val-seed", "--val-every", "--device", "--set", "--gif", "--tensorboard", "--output-dir"):
         assert flag in out, f"--help does not mention {flag}"
     assert "PongNoFrameskip-v4" in out and "held-out" in out
 
@@ -27,6 +27,7 @@ def test_recipe_trains_ppo_and_beats_random_on_held_out_seeds(run_recipe, tmp_pa
                "--threads", "1", "--gif", "--output-dir", out, timeout=120)
     m = json.loads((out / "metrics.json").read_text())
     assert m["train_seeds"] == list(range(8)) and m["eval_seeds"] == list(range(10_000, 10_005))
+    assert m["val_seeds"] == list(range(5_000, 5_005)) and len(m["validation"]) >= 2, "validation while it trains"
     assert m["timesteps"] >= 4096 and len(m["eval_returns"]) == len(m["random_returns"]) == 5
     assert m["eval_mean_return"] > 2 * m["random_mean_return"], (m["eval_mean_return"], m["random_mean_return"])
     with open(out / "curve.csv") as handle:

@@ -1,5 +1,6 @@
-"""course_utils.topics.rl (lesson 15's plumbing, loaded from recipes/train_rl.py): seeded environments, the Atari ROM
-check, the CartPole drawing and the GIF writer — and the lesson's evaluation loop agrees with the recipe's."""
+"""course_utils.topics.rl (lesson 15's plumbing; recipes/train_rl.py holds marked copies of it): seeded environments,
+the Atari ROM check, the CartPole drawing and the GIF writer — and the lesson's evaluation loop agrees with the
+package's episode runner (the GIF's)."""
 
 from __future__ import annotations
 
@@ -64,14 +65,16 @@ def test_atari_rom_check_finds_pong_and_explains_what_is_missing(monkeypatch):
         rl.check_atari_rom("ALE/Breakout-v5")
 
 
-def test_the_lessons_evaluation_loop_agrees_with_the_recipes():
-    """The lesson writes its own evaluate(); on the same seeds it must score what the recipe's evaluate() scores."""
+def test_the_lessons_evaluation_loop_agrees_with_the_packages_episode_runner():
+    """The lesson writes its own evaluate() (the recipe copies it); on the same seeds it must score what the package's
+    run_episode() (which records the GIFs) scores."""
     nb = json.loads((ROOT / "notebooks" / "15_rl_stable_baselines3.ipynb").read_text())
-    cell = next("".join(c["source"]) for c in nb["cells"] if "def evaluate(act, env_id, seeds" in "".join(c["source"]))
+    cell = next("".join(c["source"]) for c in nb["cells"] if c.get("id") == "3345506c")
     scope = {"np": np, "make_env": rl.make_env, "ENV_ID": "CartPole-v1", "test_seeds": [10_000, 10_001, 10_002]}
     exec(cell, scope)
     lesson = scope["evaluate"](scope["random_policy"], "CartPole-v1", [7, 8, 9])
-    recipe = rl._r.evaluate("CartPole-v1", [7, 8, 9], scope["random_policy"])
-    assert np.array_equal(lesson, recipe) and len(lesson) == 3
+    runner = np.array([rl.run_episode("CartPole-v1", s, scope["random_policy"]) for s in (7, 8, 9)])
+    assert np.array_equal(lesson, runner) and len(lesson) == 3
     pushes_right = lambda obs, env: np.array([1])  # noqa: E731
-    assert np.array_equal(scope["evaluate"](pushes_right, "CartPole-v1", [7]), rl._r.evaluate("CartPole-v1", [7], pushes_right))
+    assert np.array_equal(scope["evaluate"](pushes_right, "CartPole-v1", [7]), [rl.run_episode("CartPole-v1", 7, pushes_right)])
+

@@ -19,6 +19,7 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Literal
 
+from course_utils.core.cards import BOX_SIZES_GB, card_box_gb  # noqa: F401 - part of this module's public names
 from course_utils.core.errors import BadParameter
 
 Task = Literal[
@@ -26,9 +27,6 @@ Task = Literal[
     "whisper-finetune", "vlm-inference", "vlm-qlora",
 ]
 
-#: Memory sizes cards are sold with ("the box"), in GB. A card reports a little less than its box in GiB (a 12 GB
-#: RTX 4070 Ti: 12282 MiB = 11.99 GiB; WSL2 and the driver keep a bit more): :func:`card_box_gb` maps it back.
-BOX_SIZES_GB = (2, 3, 4, 6, 8, 10, 11, 12, 16, 20, 24, 32, 40, 48, 80, 94, 96, 141, 144, 180, 192)
 #: The plans below are written for these boxes; a card gets the plan of the largest one that is not bigger than its box
 #: (a 10 or 11 GB card the 8 GB plan, a 20 GB card the 16 GB plan, anything from 24 GB the 24 GB plan).
 PLAN_BOXES_GB = (8, 12, 16, 24)
@@ -58,23 +56,6 @@ _PLANS: dict[str, dict[int, tuple[int, int | None]]] = {
 SIXTEEN_BIT_FROM_GB = 20
 _FOUR_BIT_TASKS = {"llm-inference", "llm-qlora", "rag", "vlm-inference", "vlm-qlora"}
 _QLORA_TASKS = {"llm-qlora", "vlm-qlora"}
-
-
-def card_box_gb(reported_gib: float) -> float:
-    """The memory size a card is sold with, from what it reports (GiB): 11.99 -> 12, 7.6 -> 8, 23.99 -> 24.
-
-    Rounds up to the next box size when the card is within 10 % of it (drivers and WSL2 keep a few hundred MiB);
-    otherwise down (a 14 GiB slice of a bigger card is not a 16 GB card). 0 stays 0 (no GPU).
-    """
-    if reported_gib <= 0:
-        return 0.0
-    for box in BOX_SIZES_GB:
-        if box >= reported_gib - 1e-6:
-            if box - reported_gib <= 0.1 * box:
-                return float(box)
-            smaller = [b for b in BOX_SIZES_GB if b < box]
-            return float(smaller[-1]) if smaller else round(reported_gib, 2)
-    return float(BOX_SIZES_GB[-1]) if reported_gib - BOX_SIZES_GB[-1] < 1 else float(math.floor(reported_gib))
 
 
 def _pow2_floor(x: float) -> int:

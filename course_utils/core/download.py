@@ -80,3 +80,63 @@ def verify(path: str | os.PathLike[str], sha256: str | None = None, md5: str | N
                               f"{str(expected)[:12]}...): delete it so it is downloaded again, or replace it with a "
                               f"good copy.")
     return Path(path)
+
+
+def download_resumable(urls: list[str], dest: Path, algorithm: str | None = None, expected: str | None = None,
+                       timeout: float = 60.0, progress: bool = True) -> Path:
+    """Download to ``dest`` from the first of ``urls`` that answers, continuing ``<dest>.part`` with a ``Range`` request.
+
+    The file takes its name only once complete and, when ``expected`` is given, with that checksum; a mismatch
+    deletes the partial file and raises :class:`~course_utils.core.download.CorruptDownload`. A cut connection keeps
+    ``<dest>.part`` and raises :class:`~course_utils.core.errors.MissingData`: run it again to continue from there.
+    """
+    import http.client
+    import urllib.error
+    import urllib.request
+
+    from tqdm.auto import tqdm
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    error: BaseException | None = None
+    for address in urls:
+        have = part.stat().st_size if part.exists() else 0
+        headers = {"User-Agent": "dl12gb-course", **({"Range": f"bytes={have}-"} if have else {})}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(address, headers=headers), timeout=timeout) as response:
+                if have and response.status != 206:  # the server ignored the range: start again
+                    have = 0
+                length = int(response.headers.get("Content-Length") or 0)
+                got = 0
+                with part.open("ab" if have else "wb") as out, tqdm(
+                        total=(have + length) or None, initial=have, unit="B", unit_scale=True, desc=dest.name,
+                        disable=not progress) as bar:
+                    for chunk in iter(lambda: response.read(1 << 20), b""):
+                        out.write(chunk)
+                        bar.update(len(chunk))
+                        got += len(chunk)
+            if length and got < length:  # the connection closed early (http.client returns short reads, no error)
+                raise http.client.IncompleteRead(b"", length - got)
+            error = None
+            break
+        except urllib.error.HTTPError as err:
+            if err.code == 416 and have:  # nothing left to send: the part is complete
+                error = None
+                break
+            error = err
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            error = err
+    if error is not None:
+        kept = f" ({part.stat().st_size:,} bytes kept in {part.name})" if part.exists() else ""
+        raise MissingData(f"Could not download {dest.name} from {urls[0]} ({type(error).__name__}: {error}){kept}: "
+                          f"run it again {'to continue' if kept else 'when online'}, or put the file at {dest} "
+                          f"yourself.")
+    if expected is not None:
+        digest = file_hash(part, algorithm or "sha256")
+        if digest != expected:
+            part.unlink()
+            raise CorruptDownload(f"The download of {dest.name} from {urls[0]} is not the file the course pinned "
+                                  f"({algorithm} {digest[:12]}..., expected {expected[:12]}...); it was deleted: run "
+                                  f"`make fetch` again, or put a good copy at {dest} yourself.")
+    os.replace(part, dest)
+    return dest

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from course_utils.core.cards import card_box_gb
 from course_utils.core.errors import SMOKE_HINT, NeedsGPU
 from course_utils.core.memory import GIB, lifetime_vram_peak, release_library_references, vram_peak
 
@@ -220,7 +221,6 @@ def require_gpu(min_vram_gb: float, why: str, report: GPUReport | None = None) -
     unsupported = _unsupported_card_reason(report)
     if unsupported:
         raise NeedsGPU(f"{unsupported} {smoke_hint}")
-    from course_utils.core.defaults import card_box_gb
 
     # a card is the size on its box: a 12 GB card reports ~11.99 GiB and must pass a 12 GB minimum
     if card_box_gb(report.total_vram_gb) < min_vram_gb:

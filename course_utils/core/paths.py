@@ -71,22 +71,3 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def load_recipe(name: str):
-    """``recipes/<name>.py`` as a module (loaded once, registered in ``sys.modules``), for a topic module that reuses
-    the take-home script's code instead of keeping a copy that could drift from it."""
-    import importlib.util
-    import sys
-
-    module_name = f"course_utils.topics._{name}_recipe"  # registered, so dataclasses, pickling and inspect find it
-    if module_name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(module_name, REPO_ROOT / "recipes" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[module_name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[module_name]
-            raise
-    return sys.modules[module_name]

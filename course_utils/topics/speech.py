@@ -26,11 +26,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from course_utils import assets
 from course_utils.core.errors import BadParameter, MissingData
 
 SAMPLE_RATE = 16_000  # Whisper's feature extractor works at 16 kHz
-WHISPER_SMALL = "openai/whisper-small"
-WHISPER_SMALL_REVISION = "973afd24965f72e36ca33b3055d56a652f456b4d"  # pinned: the lesson's numbers are for this one
+WHISPER_SMALL = assets.id("whisper-small")  # the id and its pinned commit live in datasets/assets.toml
+WHISPER_SMALL_REVISION = assets.revision("whisper-small")  # pinned: the lesson's numbers are for this one
 CLIPS_FOLDER = ("course", "speech_clips")
 
 #: Published configurations (hub config.json) of the Whisper family, and the relative speeds the openai/whisper

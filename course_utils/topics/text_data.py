@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from course_utils import assets
 from course_utils.core.download import download as download_file
 from course_utils.core.download import file_hash
 from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
 from course_utils.core.paths import REPO_ROOT, atomic_write, data_dir
 
-TINYSHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-TINYSHAKESPEARE_SHA256 = "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
+TINYSHAKESPEARE_URL = assets.url("tinyshakespeare")  # URL and sha256 live in datasets/assets.toml
+TINYSHAKESPEARE_SHA256 = assets.checksum("tinyshakespeare", "input.txt")
 TINY_CORPUS = REPO_ROOT / "datasets" / "course" / "tiny_corpus" / "lamplighter.txt"
 
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from course_utils import assets
 from course_utils.core.download import CorruptDownload
 from course_utils.core.download import download as download_file
 from course_utils.core.errors import SMOKE_HINT, MissingData
@@ -41,17 +42,13 @@ from course_utils.core.paths import atomic_write, data_dir
 if TYPE_CHECKING:
     import torch
 
-# Official sources and checksums (the same as torchvision 0.29's MNIST.resources / CIFAR10.tgz_md5).
-MNIST_MIRRORS = ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"]
-MNIST_FILES = {
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
-CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+# Official sources and checksums (the same as torchvision 0.29's MNIST.resources / CIFAR10.tgz_md5), from the lock
+# (datasets/assets.toml).
+MNIST_MIRRORS = list(assets.asset("mnist")["base_urls"])
+MNIST_FILES = {name: sums["md5"] for name, sums in assets.asset("mnist")["files"].items()}
+CIFAR10_URL = assets.url("cifar-10")
 CIFAR10_ARCHIVE = "cifar-10-python.tar.gz"
-CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR10_MD5 = assets.checksum("cifar-10", CIFAR10_ARCHIVE, "md5")
 CIFAR10_FOLDER = "cifar-10-batches-py"
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batches.meta"]
 #: Written into the unpacked folder when the course downloaded (and MD5-checked) the archive itself: such a folder is

@@ -18,10 +18,11 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from course_utils import assets
 from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
 
-LLAVA_ID = "llava-hf/llava-1.5-7b-hf"
-LLAVA_REVISION = "b234b804b114d9e37bb655e11cbbb5f5e971b7a9"  # pinned hub commit of llava-hf/llava-1.5-7b-hf
+LLAVA_ID = assets.id("llava-1.5-7b")  # the id and its pinned hub commit live in datasets/assets.toml
+LLAVA_REVISION = assets.revision("llava-1.5-7b")
 
 # LLaVA-1.5's own suffix for short-answer VQA (its training data used it for VQAv2/GQA-style questions).
 SHORT_ANSWER = "Answer the question using a single word or phrase."

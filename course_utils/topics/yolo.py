@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from course_utils import assets
 from course_utils.core.download import CorruptDownload, download, file_hash, verify
 from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
 from course_utils.core.paths import atomic_dir, atomic_write, cache_dir, data_dir
@@ -35,11 +36,9 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # Checkpoints the course downloads, pinned by sha256. yolov8n.pt from the release the pinned Ultralytics (8.4.x)
 # downloads from; the same digest (6,549,796 bytes) is recorded independently by several public projects that pin it.
-WEIGHTS = {
-    "yolov8n.pt": ("https://github.com/ultralytics/assets/releases/download/v8.4.0/yolov8n.pt",
-                   "f59b3d833e2ff32e194b5bb8e08d211dc7c5bdf144b90d2c8412c47ccfc83b36"),
-}
-AFRICAN_WILDLIFE_URL = "https://github.com/ultralytics/assets/releases/download/v0.0.0/african-wildlife.zip"
+# URLs and checksums live in datasets/assets.toml.
+WEIGHTS = {"yolov8n.pt": (assets.url("yolov8n"), assets.checksum("yolov8n", "yolov8n.pt"))}
+AFRICAN_WILDLIFE_URL = assets.url("african-wildlife")
 # No published sha256 was found for this archive (Ultralytics publishes none). Until one is pinned here, the first
 # download is trusted and its digest recorded next to the file (african-wildlife.zip.sha256); every later use is
 # verified against that record. Paste the digest the lesson prints here to pin it for everyone.
