@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from course_utils.core.download import download_resumable
+from course_utils.core.download import download_resumable, record_sha256
 from course_utils.core.errors import BadParameter, CourseError
 from course_utils.core.paths import REPO_ROOT
 
@@ -158,8 +158,6 @@ def _fetch_url(name: str, entry: dict[str, Any], log: Callable[[str], None], pro
             urls = [entry["url"]] if "url" in entry else [base.rstrip("/") + "/" + file for base in entry["base_urls"]]
             download_resumable(urls, dest, algorithm, expected, progress=progress)
             if entry.get("first_use") and not record.is_file():  # no published checksum: record this first download
-                from course_utils.topics.yolo import record_sha256
-
                 record_sha256(dest)
             log(f"{name}: {dest}{f' ({algorithm} checked)' if expected else ''}")
         done.append(dest)

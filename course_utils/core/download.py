@@ -140,3 +140,28 @@ def download_resumable(urls: list[str], dest: Path, algorithm: str | None = None
                                   f"`make fetch` again, or put a good copy at {dest} yourself.")
     os.replace(part, dest)
     return dest
+
+
+def record_sha256(path: str | os.PathLike[str]) -> str:
+    """Write ``<path>.sha256`` (``sha256sum``'s format), atomically, right after the file was made; return the digest.
+
+    Lesson 08 calls it on the ``best.pt`` it trained, so that what unpickles the file later (the web demo of lesson
+    12) can tell it is the same file (``topics.yolo.verify_recorded``); a download with no published checksum
+    records its first copy the same way (trust on first use).
+    """
+    path = Path(path)
+    digest = sha256_now(path)
+    with atomic_write(pin_record(path), "w") as out:
+        out.write(f"{digest}  {path.name}\n")
+    return digest
+
+
+def sha256_now(path: Path) -> str:
+    """The file's sha256 read now (``file_hash`` memoises by size and time, which a swapped file can keep)."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def pin_record(archive: Path) -> Path:
+    """Where :func:`record_sha256` writes a file's digest: ``<file>.sha256`` beside it."""
+    return archive.with_name(archive.name + ".sha256")

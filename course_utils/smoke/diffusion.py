@@ -19,7 +19,7 @@ from course_utils.core.errors import BadParameter, MissingData
 from course_utils.core.paths import atomic_dir, cache_dir
 from course_utils.smoke.shapes import COLORS, SHAPES
 from course_utils.smoke.shapes import draw_shape as _draw
-from course_utils.topics.diffusion import SD15_SCHEDULER_CONFIG
+from course_utils.topics.spec import SD15_SCHEDULER_CONFIG
 
 if TYPE_CHECKING:  # pragma: no cover
     from PIL import Image

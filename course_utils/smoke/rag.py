@@ -19,7 +19,7 @@ def tiny_cross_encoder_dir(seed: int = 0) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    from course_utils.topics.rag import bundled_embedder_path
+    from course_utils.topics.spec import bundled_embedder_path
 
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_embedder_path(verify=False)))
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from course_utils.core.errors import MissingData
-from course_utils.topics.speech import _english_spelling
+from course_utils.topics.spec import english_spelling as _english_spelling
 
 NUM_LANGUAGES = 99  # whisper tiny ... large-v2 (large-v3 adds Cantonese: 100)
 _TINY_VERSION = "v2"  # bump to rebuild the cached smoke model

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from course_utils.core.paths import atomic_write, cache_dir
-from course_utils.topics.vision_data import MNIST_CLASSES, ImageData
+from course_utils.topics.spec import MNIST_CLASSES, ImageData
 from course_utils.smoke.shapes import SHAPES_CLASSES, shape_masks
 
 if TYPE_CHECKING:

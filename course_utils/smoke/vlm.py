@@ -14,7 +14,7 @@ from typing import Any
 from course_utils.core.errors import BadParameter
 from course_utils.smoke.shapes import COLORS as _PALETTE
 from course_utils.smoke.shapes import SHAPES, draw_shape
-from course_utils.topics.vlm import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER
+from course_utils.topics.spec import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER
 
 TINY_VERSION = "v5"  # bump when the tiny model's recipe changes: a new cache folder is built
 TINY_IMAGE_SIZE = 56  # 4 x 4 patches of 14 px -> 16 image tokens (the real model: 24 x 24 = 576)

@@ -12,6 +12,7 @@ from typing import Any
 from course_utils import assets
 from course_utils.core.errors import SMOKE_HINT, MissingData
 from course_utils.core.paths import atomic_dir, cache_dir
+from course_utils.topics.spec import SD15_SCHEDULER_CONFIG  # noqa: F401 - public name
 
 # The ids and pinned commits live in datasets/assets.toml.
 SD15_ID = assets.id("sd-1.5")
@@ -21,12 +22,6 @@ CAPTION_DATASET_ID = assets.id("naruto-blip-captions")  # 1,221 images with BLIP
 # so the download is the same every time -- the hub's commit hash is the integrity check, no archive sha256 needed.
 CAPTION_DATASET_REVISION = assets.revision("naruto-blip-captions")
 
-# SD 1.5's scheduler/scheduler_config.json (the pipeline's default PNDM sampler and the training noise schedule).
-SD15_SCHEDULER_CONFIG = {
-    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
-    "skip_prk_steps": True, "steps_offset": 1, "set_alpha_to_one": False, "clip_sample": False,
-    "trained_betas": None,
-}
 
 
 # --------------------------------------------------------------------------------------------- pipelines

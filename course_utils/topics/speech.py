@@ -28,6 +28,7 @@ from typing import Any
 
 from course_utils import assets
 from course_utils.core.errors import BadParameter, MissingData
+from course_utils.topics.spec import english_spelling as _english_spelling
 
 SAMPLE_RATE = 16_000  # Whisper's feature extractor works at 16 kHz
 WHISPER_SMALL = assets.id("whisper-small")  # the id and its pinned commit live in datasets/assets.toml
@@ -155,17 +156,6 @@ def load_silero_vad() -> Any:
 
 
 # ------------------------------------------------------------------------------------------ WER and text
-
-
-def _english_spelling() -> dict[str, str]:
-    """Whisper's British -> American spelling map (``english.json``, shipped in openai-whisper; no import)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("whisper")
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingData("openai-whisper is not installed: run `make setup` (it ships Whisper's text normaliser).")
-    path = Path(list(spec.submodule_search_locations)[0], "normalizers", "english.json")
-    return json.loads(path.read_text())
 
 
 @lru_cache(maxsize=1)

@@ -38,6 +38,7 @@ from course_utils.core.download import CorruptDownload
 from course_utils.core.download import download as download_file
 from course_utils.core.errors import SMOKE_HINT, MissingData
 from course_utils.core.paths import atomic_write, data_dir
+from course_utils.topics.spec import MNIST_CLASSES, ImageData  # noqa: F401 - public names
 
 if TYPE_CHECKING:
     import torch
@@ -54,26 +55,6 @@ CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch", "batch
 #: Written into the unpacked folder when the course downloaded (and MD5-checked) the archive itself: such a folder is
 #: then read with torchvision's own per-file integrity checks; a learner's own files are read as they are.
 CIFAR10_DOWNLOADED_MARK = ".downloaded-by-course"
-
-MNIST_CLASSES = tuple(str(d) for d in range(10))
-
-
-@dataclass(frozen=True)
-class ImageData:
-    """A train/test split as tensors: uint8 images ``N x C x H x W`` (0-255) and int64 labels ``N``."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classes: tuple[str, ...]
-    source: str
-
-    def __str__(self) -> str:
-        _, c, h, w = self.x_train.shape
-        return (f"{self.source}: {len(self.x_train):,} train / {len(self.x_test):,} test images, "
-                f"{c}x{h}x{w} {str(self.x_train.dtype).replace('torch.', '')}, {len(self.classes)} classes")
-
 
 # --------------------------------------------------------------------------------------------------- downloads
 

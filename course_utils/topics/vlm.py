@@ -20,24 +20,10 @@ from typing import Any
 
 from course_utils import assets
 from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
+from course_utils.topics.spec import LLAVA_CHAT_TEMPLATE, SHORT_ANSWER  # noqa: F401 - public names
 
 LLAVA_ID = assets.id("llava-1.5-7b")  # the id and its pinned hub commit live in datasets/assets.toml
 LLAVA_REVISION = assets.revision("llava-1.5-7b")
-
-# LLaVA-1.5's own suffix for short-answer VQA (its training data used it for VQAv2/GQA-style questions).
-SHORT_ANSWER = "Answer the question using a single word or phrase."
-
-# llava-hf/llava-1.5-7b-hf's chat template (chat_template.json), reused verbatim by the tiny processor so that smoke
-# mode builds exactly the prompts full mode does: "USER: <image>\n<question> ASSISTANT:".
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
-    "{# Render all images first #}{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}"
-    "{{ '<image>\n' }}{% endfor %}{# Render all text next #}{% if message['role'] != 'assistant' %}"
-    "{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}{{ content['text'] + ' '}}"
-    "{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
-    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
-)
 
 # Parts of LlavaForConditionalGeneration that stay in 16-bit when the language model is quantised. The names are
 # matched from the start of a module's name (transformers' rule), so they are written in full.

@@ -27,9 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from course_utils import assets
-from course_utils.core.download import CorruptDownload, download, file_hash, verify
+from course_utils.core.download import CorruptDownload, download, pin_record, record_sha256, sha256_now, verify
 from course_utils.core.errors import SMOKE_HINT, BadParameter, MissingData
-from course_utils.core.paths import atomic_dir, atomic_write, cache_dir, data_dir
+from course_utils.core.paths import atomic_dir, cache_dir, data_dir
 from course_utils.smoke.yolo import make_shapes_dataset
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -171,37 +171,16 @@ def load_yolo(weights: str) -> Any:
     return YOLO(str(target))
 
 
-def record_sha256(path: str | os.PathLike[str]) -> str:
-    """Write ``<path>.sha256`` (``sha256sum``'s format), atomically, right after the file was made; return the digest.
-
-    Lesson 08 calls it on the ``best.pt`` it trained, so that what unpickles the file later (the web demo of lesson
-    12) can tell it is the same file: :func:`verify_recorded`.
-    """
-    path = Path(path)
-    digest = _sha256_now(path)
-    with atomic_write(_pin_record(path), "w") as out:
-        out.write(f"{digest}  {path.name}\n")
-    return digest
-
-
-def _sha256_now(path: Path) -> str:
-    """The file's sha256 read now (``file_hash`` memoises by size and time, which a swapped file can keep)."""
-    import hashlib
-
-    with path.open("rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def verify_recorded(path: str | os.PathLike[str]) -> Path:
     """``path`` if its sha256 is the one recorded beside it by :func:`record_sha256`; else one sentence
     (:class:`~course_utils.core.errors.MissingData` without a record, ``CorruptDownload`` when it differs)."""
     path = Path(path)
-    record = _pin_record(path)
+    record = pin_record(path)
     if not record.is_file():
         raise MissingData(f"{path} has no recorded sha256 ({record.name}, written when lesson 08 saves it), so it is "
                           "not unpickled: run lesson 08 again to train and record it.")
     recorded = (record.read_text().split() or [""])[0]
-    if _sha256_now(path) != recorded:
+    if sha256_now(path) != recorded:
         raise CorruptDownload(f"{path} is not the file lesson 08 recorded (its sha256 differs from {record.name}), "
                               "so it is not unpickled: run lesson 08 again, or delete the file.")
     return path
@@ -216,10 +195,6 @@ def _first_download(url: str, dest: Path) -> str:
     return record_sha256(dest)
 
 
-def _pin_record(archive: Path) -> Path:
-    return archive.with_name(archive.name + ".sha256")
-
-
 def fetch_checked(url: str, dest: str | os.PathLike[str], sha256: str | None) -> tuple[Path, str, str]:
     """The file at ``dest`` (downloaded from ``url`` if missing), checked before anything reads it.
 
@@ -229,7 +204,7 @@ def fetch_checked(url: str, dest: str | os.PathLike[str], sha256: str | None) ->
     against an earlier first download) or ``"first use"`` (just downloaded, nothing to compare with yet).
     """
     dest = Path(dest)
-    record = _pin_record(dest)
+    record = pin_record(dest)
     if sha256 is not None:
         if not dest.is_file():
             download(url, dest, sha256=sha256)
