@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 # LLaVA-1.5's own suffix for short-answer VQA.
-# Copied from course_utils/topics/vlm.py:SHORT_ANSWER
+# Copied from course_utils/topics/spec.py:SHORT_ANSWER
 SHORT_ANSWER = "Answer the question using a single word or phrase."
 # LoRA on the language model only: the vision tower has q_proj/k_proj/v_proj too, hence a regular expression.
 # Copied from course_utils/topics/vlm.py:LANGUAGE_MODEL_PROJECTIONS
